@@ -1,0 +1,160 @@
+// Temporal RoI Align ops: the chunked GEMM and the layout changes in ATen, the selection, softmax,
+// weighted gather and backward in the device primitives of temporal_roi_align.h.
+#include "temporal_roi_align/temporal_roi_align.h"
+
+#include <algorithm>
+#include <optional>
+
+namespace vod_d2 {
+
+namespace {
+
+void check_inputs(const char* op, const at::Tensor& roi_features,
+                  const at::Tensor& support_features, const at::Tensor& roi_batch_index,
+                  bool check_index_range) {
+  TORCH_CHECK(roi_features.dim() == 4, op, ": roi_features must be (R, C, S, S), got ",
+              roi_features.sizes());
+  TORCH_CHECK(support_features.dim() == 4, op, ": support_features must be (B, C, H, W), got ",
+              support_features.sizes());
+  TORCH_CHECK(roi_features.size(1) == support_features.size(1), op,
+              ": roi_features and support_features channels differ: ", roi_features.sizes(),
+              " vs ", support_features.sizes());
+  TORCH_CHECK(roi_features.scalar_type() == support_features.scalar_type(), op,
+              ": roi_features and support_features dtypes differ");
+  check_floating(roi_features, op, "roi_features");
+  TORCH_CHECK(roi_batch_index.dim() == 1 && roi_batch_index.size(0) == roi_features.size(0), op,
+              ": roi_batch_index must be (R,) = (", roi_features.size(0), ",), got ",
+              roi_batch_index.sizes());
+  TORCH_CHECK(roi_batch_index.scalar_type() == at::kLong, op,
+              ": roi_batch_index must be int64, got ", roi_batch_index.scalar_type());
+  TORCH_CHECK(roi_features.device() == support_features.device() &&
+                  roi_batch_index.device() == support_features.device(),
+              op, ": all inputs must be on the same device");
+  if (check_index_range && roi_batch_index.numel() > 0) {
+    const auto extrema = at::aminmax(roi_batch_index);
+    const int64_t lowest = std::get<0>(extrema).item<int64_t>();
+    const int64_t highest = std::get<1>(extrema).item<int64_t>();
+    TORCH_CHECK(lowest >= 0 && highest < support_features.size(0), op,
+                ": roi_batch_index values must lie in [0, ", support_features.size(0),
+                "), got [", lowest, ", ", highest, "]");
+  }
+}
+
+// (N, C, ...) -> (N * prod(...), C) in the opmath dtype: one row per cell.
+at::Tensor cells_of(const at::Tensor& features) {
+  const int64_t channels = features.size(1);
+  return features.flatten(2).transpose(1, 2).reshape({-1, channels}).to(
+      at::toOpMathType(features.scalar_type()));
+}
+
+at::Tensor clamped(const at::Tensor& norm) { return norm.clamp_min(kNormEps); }
+
+struct Support {
+  at::Tensor hat;   // (B, L, C) unit-norm features, one row per location
+  at::Tensor norm;  // (B, L)
+};
+
+Support normalised_support(const at::Tensor& support_features) {
+  const auto batch = support_features.size(0);
+  const auto channels = support_features.size(1);
+  auto rows = cells_of(support_features).view({batch, -1, channels});
+  auto norm = at::linalg_vector_norm(rows, 2, {-1});
+  return {rows / clamped(norm).unsqueeze(-1), norm};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_roi_align_forward(
+    const at::Tensor& roi_features, const at::Tensor& support_features,
+    const at::Tensor& roi_batch_index, int64_t k) {
+  constexpr const char* op = "temporal_roi_align_forward";
+  check_inputs(op, roi_features, support_features, roi_batch_index, true);
+  const int64_t num_rois = roi_features.size(0);
+  const int64_t channels = roi_features.size(1);
+  const int64_t cells = roi_features.size(2) * roi_features.size(3);
+  const int64_t locations = support_features.size(2) * support_features.size(3);
+  TORCH_CHECK(k >= 1 && k <= kMaxTopK, op, ": k must be in [1, ", kMaxTopK, "], got ", k);
+  TORCH_CHECK(k <= locations, op, ": k = ", k, " exceeds the ", locations,
+              " locations of the support map");
+  const auto acc_options =
+      roi_features.options().dtype(at::toOpMathType(roi_features.scalar_type()));
+  auto topk_sim = at::empty({num_rois, cells, k}, acc_options);
+  auto topk_index = at::empty({num_rois, cells, k}, roi_features.options().dtype(at::kLong));
+  if (num_rois == 0 || cells == 0) {
+    return {at::zeros_like(roi_features), topk_sim, topk_index};
+  }
+
+  const Support support = normalised_support(support_features);
+  // RoIs grouped by image, processed in chunks whose similarity block stays within budget.
+  const auto order = std::get<1>(
+      at::sort(roi_batch_index, std::optional<bool>(true), /*dim=*/0, /*descending=*/false));
+  const auto counts = at::bincount(roi_batch_index, {}, support_features.size(0)).cpu();
+  const int64_t* count_data = counts.data_ptr<int64_t>();
+  const int64_t rois_per_chunk = std::max<int64_t>(1, kSimilarityChunk / (cells * locations));
+  int64_t start = 0;
+  for (int64_t b = 0; b < support_features.size(0); ++b) {
+    const int64_t end = start + count_data[b];
+    const auto support_t = support.hat[b].t();
+    for (int64_t chunk = start; chunk < end; chunk += rois_per_chunk) {
+      const auto ids = order.slice(0, chunk, std::min(end, chunk + rois_per_chunk));
+      auto q = cells_of(roi_features.index_select(0, ids));
+      q = q / clamped(at::linalg_vector_norm(q, 2, {-1})).unsqueeze(-1);
+      const auto selected = tra_topk(at::mm(q, support_t), k);
+      topk_sim.index_copy_(0, ids, std::get<0>(selected).view({-1, cells, k}));
+      topk_index.index_copy_(0, ids, std::get<1>(selected).view({-1, cells, k}));
+    }
+    start = end;
+  }
+
+  const auto cell_image = roi_batch_index.repeat_interleave(cells);
+  const auto out_cells = tra_gather(topk_sim.view({-1, k}), topk_index.view({-1, k}), support.hat,
+                                    clamped(support.norm), cell_image);
+  auto output = out_cells.view({num_rois, cells, channels})
+                    .transpose(1, 2)
+                    .reshape(roi_features.sizes())
+                    .to(roi_features.scalar_type())
+                    .contiguous();
+  return {output, topk_sim, topk_index};
+}
+
+std::tuple<at::Tensor, at::Tensor> temporal_roi_align_backward(
+    const at::Tensor& grad_output, const at::Tensor& roi_features,
+    const at::Tensor& support_features, const at::Tensor& roi_batch_index,
+    const at::Tensor& topk_sim, const at::Tensor& topk_index) {
+  constexpr const char* op = "temporal_roi_align_backward";
+  // The forward pass checked the index range; checking it again would synchronise the device.
+  check_inputs(op, roi_features, support_features, roi_batch_index, false);
+  TORCH_CHECK(grad_output.sizes() == roi_features.sizes(), op, ": grad_output ",
+              grad_output.sizes(), " does not match roi_features ", roi_features.sizes());
+  const int64_t num_rois = roi_features.size(0);
+  const int64_t cells = roi_features.size(2) * roi_features.size(3);
+  TORCH_CHECK(topk_sim.dim() == 3 && topk_sim.size(0) == num_rois && topk_sim.size(1) == cells &&
+                  topk_index.sizes() == topk_sim.sizes() &&
+                  topk_index.scalar_type() == at::kLong,
+              op, ": topk_sim / topk_index must be the (R, S * S, K) outputs of the forward pass");
+  if (num_rois == 0 || cells == 0) {
+    return {at::zeros_like(roi_features), at::zeros_like(support_features)};
+  }
+  const int64_t k = topk_sim.size(2);
+  const Support support = normalised_support(support_features);
+  const auto q = cells_of(roi_features);
+  const auto q_norm = at::linalg_vector_norm(q, 2, {-1});
+  const auto q_hat = q / clamped(q_norm).unsqueeze(-1);
+  const auto grads = tra_backward(
+      cells_of(grad_output).contiguous(), q_hat.contiguous(), q_norm.contiguous(),
+      topk_sim.reshape({-1, k}).to(q.scalar_type()).contiguous(),
+      topk_index.reshape({-1, k}).contiguous(), support.hat.contiguous(),
+      support.norm.contiguous(), roi_batch_index.repeat_interleave(cells));
+  auto grad_roi = std::get<0>(grads)
+                      .view({num_rois, cells, -1})
+                      .transpose(1, 2)
+                      .reshape(roi_features.sizes())
+                      .to(roi_features.scalar_type());
+  auto grad_support = std::get<1>(grads)
+                          .transpose(1, 2)
+                          .reshape(support_features.sizes())
+                          .to(support_features.scalar_type());
+  return {grad_roi.contiguous(), grad_support.contiguous()};
+}
+
+}  // namespace vod_d2

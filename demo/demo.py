@@ -1,0 +1,488 @@
+#!/usr/bin/env python
+"""
+Annotate a video with a vod_d2 detector: detectron2's demo for videos.
+
+    python demo/demo.py --config-file configs/synthetic/single_frame.yaml \
+        --video-input in.mp4 --output out.mp4 --json detections.json \
+        --opts MODEL.WEIGHTS output/synthetic/single_frame/model_final.pth
+    python demo/demo.py --config-file ... --input 'frames/*.jpg' --output annotated/  # or out.mp4
+
+Frames go through :class:`vod_d2.engine.VideoPredictor` one at a time, so memory is bounded by
+the model's window whatever the video's length; only the frames still waiting for their
+result (the look-ahead of an offline model) are held for drawing. With ``--seq-nms`` the
+results of the whole video come at its end: the frames are then decoded a second time to be
+drawn, rather than kept.
+
+Every output (video, frame folder, JSON) is written under a temporary name in its target folder
+and moved into place only when the whole video is done, so a failed run leaves nothing behind.
+"""
+
+import argparse
+import glob
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections import deque
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import tqdm
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.structures import BoxMode, Instances
+from detectron2.utils.logger import setup_logger
+from detectron2.utils.video_visualizer import VideoVisualizer
+from detectron2.utils.visualizer import ColorMode
+
+import vod_d2  # noqa: F401  (registers the meta-architectures, modules and datasets)
+from vod_d2 import add_vod_config
+from vod_d2.engine import VideoPredictor, VideoReader
+
+logger = logging.getLogger("vod_d2.demo")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".m4v")
+# Tried in order until OpenCV opens a writer: mp4v and MJPG ship with every OpenCV wheel,
+# avc1 (H.264) and XVID depend on the build.
+CODECS = ("mp4v", "avc1", "MJPG", "XVID")
+# Frames per second of a video made from --input frames, unless --fps says otherwise.
+DEFAULT_FPS = 10.0
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="vod_d2 demo: detect objects in a video")
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="config file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--video-input", metavar="FILE", help="a video file")
+    source.add_argument(
+        "--input",
+        nargs="+",
+        metavar="PATH",
+        help="the frames of one video, in order: a folder of images, image files, or a glob "
+        "pattern such as 'frames/*.jpg' (sorted by name, numbers in natural order)",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="PATH",
+        help="annotated video file (or, for --video-input, a folder to put it in); for --input "
+        f"frames, a video file ({', '.join(VIDEO_EXTENSIONS)}) or a folder of annotated images",
+    )
+    parser.add_argument(
+        "--json",
+        metavar="FILE",
+        help="write the detections as COCO-style results (image_id = frame index, frame_idx, "
+        "video_id, category_id, bbox XYWH, score; sequence_id with --seq-nms)",
+    )
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.5,
+        help="minimum score of the detections drawn and exported",
+    )
+    parser.add_argument(
+        "--seq-nms",
+        action="store_true",
+        help="rescore detections with Seq-NMS (TEST.SEQ_NMS.ENABLED); results then come at the "
+        "end of the video",
+    )
+    parser.add_argument(
+        "--fps",
+        type=float,
+        help=f"frames per second of the output video (default: the input's, {DEFAULT_FPS:g} for "
+        "--input frames)",
+    )
+    parser.add_argument(
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        help="modify config options with 'KEY VALUE' pairs, e.g. MODEL.WEIGHTS model.pth",
+    )
+    return parser
+
+
+def setup_cfg(args):
+    """Config from the defaults, the vod_d2 keys, the file, ``--opts`` and the demo's flags."""
+    cfg = get_cfg()
+    add_vod_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if args.seq_nms:
+        cfg.TEST.SEQ_NMS.ENABLED = True
+    if cfg.TEST.SEQ_NMS.ENABLED:
+        # Seq-NMS raises weak boxes linked to strong ones: it must see them, so the model keeps
+        # its own low threshold and the confidence threshold applies after the rescoring.
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = min(
+            cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, args.confidence_threshold
+        )
+    else:
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
+    cfg.freeze()
+    return cfg
+
+
+class ImageFrames:
+    """The frames of a video stored as image files, read (BGR) one at a time, re-iterable."""
+
+    def __init__(self, inputs: Sequence[str]):
+        """
+        Args:
+            inputs: a folder of images, image files, or glob patterns.
+        """
+        self.name = " ".join(inputs)
+        if len(inputs) == 1 and os.path.isdir(inputs[0]):
+            paths = [
+                os.path.join(inputs[0], f)
+                for f in os.listdir(inputs[0])
+                if f.lower().endswith(IMAGE_EXTENSIONS)
+            ]
+            if not paths:
+                raise FileNotFoundError(f"--input folder {inputs[0]!r} holds no image")
+        else:
+            paths = []
+            for pattern in inputs:
+                matches = glob.glob(os.path.expanduser(pattern))
+                if not matches:
+                    raise FileNotFoundError(f"--input {pattern!r}: no such file")
+                paths.extend(matches)
+        self.paths = sorted(set(paths), key=_natural_key)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for path in self.paths:
+            # PIL, as in training and evaluation (detectron2's demo does the same).
+            yield read_image(path, format="BGR")
+
+
+def _natural_key(path: str) -> List:
+    """Sort key putting frame_2 before frame_10."""
+    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", path)]
+
+
+class _AtomicFile:
+    """A file written under a temporary name next to ``path``, moved into place on commit."""
+
+    def __init__(self, path: str, what: str):
+        self.path = path
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"cannot write {what} {path!r}: it is a folder")
+        # Same extension as the target: OpenCV picks the container from it.
+        self.tmp_path = os.path.join(
+            folder, f".{os.path.basename(path)}.tmp{os.getpid()}{os.path.splitext(path)[1]}"
+        )
+        try:
+            os.makedirs(folder, exist_ok=True)
+            open(self.tmp_path, "wb").close()
+        except OSError as e:
+            raise OSError(f"cannot write {what} {path!r}: {e}") from e
+
+    def finish(self):
+        """Complete the temporary file."""
+
+    def commit(self):
+        """Move the finished file into place."""
+        os.replace(self.tmp_path, self.path)
+
+    def abort(self):
+        if os.path.exists(self.tmp_path):
+            os.remove(self.tmp_path)
+
+
+class VideoSink(_AtomicFile):
+    """Annotated frames -> a video file, with the first codec OpenCV can open."""
+
+    def __init__(self, path: str, fps: float):
+        super().__init__(path, "the output video")
+        self.fps = fps
+        self._writer = None
+
+    def write(self, frame: np.ndarray, index: int):
+        if self._writer is None:
+            self._writer = self._open(frame.shape[1], frame.shape[0])
+        self._writer.write(frame)
+
+    def _open(self, width: int, height: int):
+        for codec in CODECS:
+            writer = cv2.VideoWriter(
+                self.tmp_path, cv2.VideoWriter_fourcc(*codec), self.fps, (width, height)
+            )
+            if writer.isOpened():
+                logger.info(f"Writing {self.path} with codec {codec}")
+                return writer
+            writer.release()
+        raise RuntimeError(
+            f"OpenCV cannot write {self.path!r}: none of the codecs {', '.join(CODECS)} works "
+            f"for {os.path.splitext(self.path)[1] or 'extension-less'} files in this build; try "
+            "a .mp4 or .avi output"
+        )
+
+    def finish(self):
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if os.path.getsize(self.tmp_path) == 0:
+            raise RuntimeError(f"OpenCV wrote nothing to {self.path!r}")
+
+    def abort(self):
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        super().abort()
+
+
+class FolderSink:
+    """Annotated frames -> one image per frame in a folder, moved in when the video is done."""
+
+    def __init__(self, folder: str, names: Sequence[str]):
+        if len(set(names)) != len(names):
+            raise ValueError(
+                f"cannot write the frames to the folder {folder!r}: some input frames have the "
+                "same file name; write a video instead"
+            )
+        self.folder = folder
+        self.names = names
+        parent = os.path.dirname(os.path.abspath(folder))
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise NotADirectoryError(f"cannot write the output folder {folder!r}: it is a file")
+        try:
+            os.makedirs(parent, exist_ok=True)
+            self.tmp_folder = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(folder)}.")
+        except OSError as e:
+            raise OSError(f"cannot write the output folder {folder!r}: {e}") from e
+
+    def write(self, frame: np.ndarray, index: int):
+        path = os.path.join(self.tmp_folder, self.names[index])
+        if not cv2.imwrite(path, frame):
+            raise OSError(f"OpenCV cannot write the image {path!r}")
+
+    def finish(self):
+        """The images are complete as soon as written."""
+
+    def commit(self):
+        os.makedirs(self.folder, exist_ok=True)
+        for name in self.names:
+            os.replace(os.path.join(self.tmp_folder, name), os.path.join(self.folder, name))
+        os.rmdir(self.tmp_folder)
+
+    def abort(self):
+        shutil.rmtree(self.tmp_folder, ignore_errors=True)
+
+
+class JsonSink(_AtomicFile):
+    """Detections -> COCO-style results (one dict per box), written when the video is done."""
+
+    def __init__(self, path: str, video_id: str, metadata):
+        super().__init__(path, "the JSON file")
+        self.video_id = video_id
+        contiguous_to_dataset = {
+            v: k for k, v in metadata.get("thing_dataset_id_to_contiguous_id", {}).items()
+        }
+        self._category_id = lambda c: contiguous_to_dataset.get(c, c)
+        self.results: List[dict] = []
+
+    def add(self, index: int, instances: Instances):
+        boxes = BoxMode.convert(
+            instances.pred_boxes.tensor.numpy(), BoxMode.XYXY_ABS, BoxMode.XYWH_ABS
+        )
+        sequences = instances.seq_ids.tolist() if instances.has("seq_ids") else None
+        for k, (box, score, label) in enumerate(
+            zip(boxes.tolist(), instances.scores.tolist(), instances.pred_classes.tolist())
+        ):
+            result = {
+                "image_id": index,
+                "video_id": self.video_id,
+                "frame_idx": index,
+                "category_id": self._category_id(label),
+                "bbox": [round(v, 2) for v in box],
+                "score": round(score, 5),
+            }
+            if sequences is not None:
+                result["sequence_id"] = sequences[k]
+            self.results.append(result)
+
+    def finish(self):
+        with open(self.tmp_path, "w") as f:
+            json.dump(self.results, f)
+
+
+class FrameDrawer:
+    """Draws a video's detections with one ``VideoVisualizer``, so colours follow objects."""
+
+    def __init__(self, metadata, confidence_threshold: float):
+        self.visualizer = VideoVisualizer(metadata, ColorMode.IMAGE)
+        self.confidence_threshold = confidence_threshold
+        # The visualizer's colour pool: more IDs than this in one frame would exhaust it.
+        self._max_ids = metadata.get("max_num_instances", 74)
+
+    def select(self, instances: Instances) -> Instances:
+        """The detections to show: on the CPU, above the confidence threshold."""
+        instances = instances.to("cpu")
+        return instances[instances.scores >= self.confidence_threshold]
+
+    def draw(self, frame: np.ndarray, instances: Instances) -> np.ndarray:
+        """
+        Args:
+            frame: (H, W, 3) uint8 BGR frame.
+            instances: its selected detections.
+
+        Returns:
+            ndarray: (H, W, 3) uint8 BGR annotated frame.
+        """
+        if instances.has("seq_ids") and len(instances) <= self._max_ids:
+            # A Seq-NMS sequence is one object over time: the visualizer colours it by ID.
+            instances.ID = instances.seq_ids.tolist()
+        vis = self.visualizer.draw_instance_predictions(frame[:, :, ::-1], instances)
+        return np.ascontiguousarray(vis.get_image()[:, :, ::-1])
+
+
+def annotate(
+    predictor: VideoPredictor,
+    name: str,
+    frames: Iterable[np.ndarray],
+    num_frames: Optional[int],
+    drawer: FrameDrawer,
+    sink=None,
+    json_sink: Optional[JsonSink] = None,
+) -> int:
+    """
+    Detect, draw and export every frame of one video.
+
+    Args:
+        predictor: the predictor, reset here.
+        name: the video's name, for error messages.
+        frames: the video's BGR frames; iterated twice when the predictor's results come at the
+            end of the video (Seq-NMS).
+        num_frames: expected number of frames, for the progress bar (None if unknown).
+        drawer: draws the frames.
+        sink: receives ``write(annotated_frame, index)`` for every frame; None to draw nothing.
+        json_sink: receives ``add(index, instances)`` for every frame.
+
+    Returns:
+        int: the number of frames.
+    """
+
+    def emit(index: int, frame: Optional[np.ndarray], instances: Instances):
+        instances = drawer.select(instances)
+        if json_sink is not None:
+            json_sink.add(index, instances)
+        if sink is not None:
+            sink.write(drawer.draw(frame, instances), index)
+
+    results_at_end = predictor.video_postprocess is not None
+    predictor.reset(name)
+    # Frames waiting for their result; results come in frame order, so the oldest is next.
+    pending: deque = deque()
+    count = 0
+    with tqdm.tqdm(total=num_frames or None, unit="frame", desc="detect") as bar:
+        for frame in frames:
+            if sink is not None and not results_at_end:
+                pending.append(frame)
+            for index, instances in predictor.put(frame):
+                emit(index, pending.popleft() if pending else None, instances)
+            count += 1
+            bar.update()
+        if count == 0:
+            raise ValueError(f"video {name!r} has no frames")
+        done = predictor.flush()
+        if not results_at_end:
+            for index, instances in done:
+                emit(index, pending.popleft() if pending else None, instances)
+    if results_at_end:
+        # The frames were not kept: decode them again to draw the rescored results.
+        again = frames if sink is not None else [None] * len(done)
+        for (index, instances), frame in tqdm.tqdm(
+            zip(done, again), total=len(done), unit="frame", desc="draw"
+        ):
+            emit(index, frame, instances)
+    return count
+
+
+def _open_source(args) -> Tuple[Iterable[np.ndarray], Optional[int], float, str]:
+    """(frames, number of frames if known, fps, video name) of the input."""
+    if args.video_input:
+        reader = VideoReader(args.video_input)
+        fps = args.fps or reader.fps or DEFAULT_FPS
+        return reader, reader.num_frames or None, fps, args.video_input
+    frames = ImageFrames(args.input)
+    return frames, len(frames), args.fps or DEFAULT_FPS, frames.name
+
+
+def _make_sink(args, frames, fps: float):
+    """Where the annotated frames go: a video file, or a folder for --input frames."""
+    output = args.output
+    if args.video_input:
+        if os.path.isdir(output):
+            stem = os.path.splitext(os.path.basename(args.video_input))[0]
+            output = os.path.join(output, stem + ".mp4")
+        return VideoSink(output, fps)
+    if output.lower().endswith(VIDEO_EXTENSIONS):
+        return VideoSink(output, fps)
+    return FolderSink(output, [os.path.basename(p) for p in frames.paths])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """
+    Run the demo.
+
+    Returns:
+        int: the number of frames processed.
+
+    Raises:
+        FileNotFoundError / OSError: a missing or unreadable input, an output that cannot be
+            written. ValueError: a video without frames. RuntimeError: no working codec.
+    """
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if not args.output and not args.json:
+        parser.error("nothing to write: give --output and/or --json")
+    setup_logger(name="fvcore")
+    setup_logger(name="vod_d2")
+    logger.info(f"Arguments: {args}")
+
+    # Inputs and outputs are checked before the model is built, to fail fast.
+    frames, num_frames, fps, video_id = _open_source(args)
+    cfg = setup_cfg(args)
+    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused")
+    sinks = []
+    try:
+        sink = _make_sink(args, frames, fps) if args.output else None
+        sinks.append(sink)
+        json_sink = JsonSink(args.json, video_id, metadata) if args.json else None
+        sinks.append(json_sink)
+        sinks = [s for s in sinks if s is not None]
+        predictor = VideoPredictor(cfg)
+        drawer = FrameDrawer(metadata, args.confidence_threshold)
+        start = time.perf_counter()
+        count = annotate(predictor, video_id, frames, num_frames, drawer, sink, json_sink)
+        elapsed = time.perf_counter() - start
+        for s in sinks:
+            s.finish()
+        for s in sinks:
+            s.commit()
+    except BaseException:
+        for s in sinks:
+            if s is not None:
+                s.abort()
+        raise
+    logger.info(f"Processed {count} frames in {elapsed:.1f} s ({count / elapsed:.2f} frames/s)")
+    if sink is not None:
+        logger.info(f"Annotated frames written to {getattr(sink, 'path', None) or sink.folder}")
+    if json_sink is not None:
+        logger.info(f"{len(json_sink.results)} detections written to {json_sink.path}")
+    return count
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (OSError, ValueError, RuntimeError) as e:
+        sys.exit(f"demo.py: error: {e}")

@@ -1,0 +1,76 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from vod_d2.data.synthetic import ensure_synthetic_dataset
+import torch
+from detectron2.config import get_cfg
+from torch import nn
+
+from vod_d2 import add_vod_config
+from vod_d2.modeling.temporal import TEMPORAL_AGGREGATION_REGISTRY
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SYNTHETIC_CONFIG = "configs/synthetic/single_frame.yaml"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _run_from_repo_root():
+    """Tests name configs relative to the repository, as the README's commands do."""
+    os.chdir(REPO_ROOT)
+
+
+if "WindowMeanAggregation" not in TEMPORAL_AGGREGATION_REGISTRY:
+
+    @TEMPORAL_AGGREGATION_REGISTRY.register()
+    class WindowMeanAggregation(nn.Module):
+        """Test module: mean of the reference and support maps (depends on the whole window)."""
+
+        def __init__(self, cfg, input_shape):
+            super().__init__()
+            self._shape = input_shape
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, ref, support, offsets):
+            return self.scale * torch.cat([ref[:, None], support], dim=1).mean(dim=1)
+
+        def output_shape(self):
+            return self._shape
+
+        def reset(self):
+            pass
+
+
+@pytest.fixture
+def tiny_cfg():
+    """The synthetic config at its smallest: 64 px frames, few proposals."""
+    cfg = get_cfg()
+    add_vod_config(cfg)
+    cfg.merge_from_file(str(REPO_ROOT / SYNTHETIC_CONFIG))
+    cfg.INPUT.MIN_SIZE_TEST = 64
+    cfg.INPUT.MIN_SIZE_TRAIN = (64,)
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 20
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 20
+    cfg.DATALOADER.NUM_WORKERS = 0
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def synthetic_datasets(tmp_path_factory):
+    """
+    The built-in synthetic dataset names, backed by a small tree (2+2 videos of 64x80 frames)
+    generated once per test session in a temporary ``$DETECTRON2_DATASETS``.
+    """
+    root = tmp_path_factory.mktemp("datasets")
+    ensure_synthetic_dataset(
+        str(root / "vod_d2_synthetic"),
+        num_train_videos=2,
+        num_val_videos=2,
+        num_det_images=3,
+        num_frames=(16, 18),
+        size=(64, 80),
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DETECTRON2_DATASETS", str(root))
+        yield root

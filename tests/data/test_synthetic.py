@@ -1,0 +1,217 @@
+import json
+import os
+
+import numpy as np
+import pytest
+from detectron2.data import DatasetCatalog
+from PIL import Image
+
+import vod_d2.data.synthetic as synthetic
+from vod_d2.data.datasets import build_frame_table, load_imagenet_det, load_imagenet_vid
+from vod_d2.data.synthetic import (
+    DEGRADATIONS,
+    SYNTHETIC_CLASSES,
+    ensure_synthetic_dataset,
+    generate_synthetic_dataset,
+    render_video,
+    write_synthetic_video,
+)
+
+# A tree small enough to generate in well under a second.
+SMALL = dict(
+    num_train_videos=2, num_val_videos=2, num_det_images=3, num_frames=(16, 18), size=(64, 80)
+)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return generate_synthetic_dataset(str(tmp_path_factory.mktemp("synthetic") / "root"), **SMALL)
+
+
+def _files(root):
+    """relative path -> bytes of every file under ``root``."""
+    out = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out
+
+
+def _sharpness(image: np.ndarray) -> float:
+    """Variance of the Laplacian of the grey image: high for sharp edges, low when blurred."""
+    grey = image.astype(np.float64).mean(-1)
+    laplacian = (
+        grey[1:-1, :-2] + grey[1:-1, 2:] + grey[:-2, 1:-1] + grey[2:, 1:-1] - 4 * grey[1:-1, 1:-1]
+    )
+    return float(laplacian.var())
+
+
+def _load(root, kind="val", cache_dir=None):
+    options = dict(
+        class_names=SYNTHETIC_CLASSES, cache_dir=cache_dir, use_cache=cache_dir is not None
+    )
+    if kind == "det":
+        return load_imagenet_det(root, "ImageSets/DET_train_30classes.txt", **options)
+    image_set = {"val": "VID_val_videos.txt", "train": "VID_train_15frames.txt"}[kind]
+    return load_imagenet_vid(root, f"ImageSets/{image_set}", **options)
+
+
+def test_same_seed_same_bytes_other_seed_other_data(tree, tmp_path):
+    again = _files(generate_synthetic_dataset(str(tmp_path / "again"), **SMALL))
+    assert again == _files(tree)
+    other = _files(generate_synthetic_dataset(str(tmp_path / "other"), seed=1, **SMALL))
+    images = [k for k in again if k.endswith(".JPEG")]
+    assert sum(other.get(k) != again[k] for k in images) == len(images)
+    assert _load(str(tmp_path / "other")) != _load(tree)
+
+
+def test_the_imagenet_loader_reads_the_tree(tree):
+    val, train, det = _load(tree), _load(tree, "train"), _load(tree, "det")
+    assert len({r["video_id"] for r in val}) == 2 and len(det) == 3
+    assert all(r["video_length"] == 1 and r["video_id"].startswith("DET/") for r in det)
+    # Val lists every frame; train lists FGFA's 15 evenly spaced frames of each snippet.
+    assert all(
+        len([r for r in val if r["video_id"] == v["video_id"]]) == v["video_length"] for v in val
+    )
+    for video in {r["video_id"] for r in train}:
+        listed = [r["frame_idx"] for r in train if r["video_id"] == video]
+        length = next(r["video_length"] for r in train if r["video_id"] == video)
+        assert 16 <= length <= 18
+        assert listed == sorted({length * (2 * k + 1) // 30 for k in range(15)})
+    table = build_frame_table(val + train + det)
+    for video, files in table.items():
+        for name in files:
+            assert os.path.isfile(name), (video, name)
+    for r in val + train + det:
+        with Image.open(r["file_name"]) as image:
+            assert image.size == (r["width"], r["height"]) == (80, 64)
+        for ann in r["annotations"]:
+            x0, y0, x1, y1 = ann["bbox"]
+            assert 0 <= x0 <= x1 < 80 and 0 <= y0 <= y1 < 64
+            assert 0 <= ann["category_id"] < len(SYNTHETIC_CLASSES)
+
+
+def test_objects_move_and_change_scale(tree):
+    val = _load(tree)
+    for video in {r["video_id"] for r in val}:
+        boxes = {}
+        for r in val:
+            for ann in r["annotations"] if r["video_id"] == video else ():
+                boxes.setdefault(ann["track_id"], []).append(ann["bbox"])
+        for track, track_boxes in boxes.items():
+            b = np.asarray(track_boxes)
+            centers, areas = (b[:, :2] + b[:, 2:]) / 2, (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+            assert np.ptp(centers, axis=0).max() > 1 or np.ptp(areas) > 0, (video, track)
+
+
+def test_every_degradation_is_in_the_data(tree):
+    with open(os.path.join(tree, "synthetic.json")) as f:
+        manifest = json.load(f)
+    assert manifest["seed"] == 0 and manifest["classes"] == list(SYNTHETIC_CLASSES)
+    labels = manifest["degradations"]
+    assert set(labels) == {r["video_id"] for r in _load(tree) + _load(tree, "train")}
+    for video, frames in labels.items():
+        kinds = {k for frame in frames for k in frame}
+        assert {"motion_blur", "defocus"} <= kinds, video  # in every video, a few frames each
+        assert sum(map(bool, frames)) < len(frames)
+    assert any("occlusion" in frame for frames in labels.values() for frame in frames)
+    assert any(a["occluded"] for r in _load(tree) for a in r["annotations"])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_degradations_change_exactly_their_frames(seed):
+    def render(degrade):
+        return render_video(np.random.default_rng(seed), 20, (96, 128), degrade=degrade)
+
+    clean = render(())
+    assert not any(clean.degradations)
+    for degrade in (("motion_blur",), ("defocus",), ("occlusion",)):
+        video = render(degrade)
+        assert any(video.degradations) or degrade == ("occlusion",)
+        for t, (frame, labels) in enumerate(zip(video.frames, video.degradations)):
+            assert set(labels) <= set(degrade)
+            if not labels:
+                if degrade != ("occlusion",):  # a pole that hides no object is unlabelled
+                    assert np.array_equal(frame, clean.frames[t]), (degrade, t)
+            elif labels == ["occlusion"]:
+                assert not np.array_equal(frame, clean.frames[t])
+                visible = {o["track_id"] for o in video.objects[t]}
+                assert visible <= {o["track_id"] for o in clean.objects[t]}
+            else:  # blurred: the same scene with weaker edges
+                assert _sharpness(frame) < 0.8 * _sharpness(clean.frames[t]), (degrade, t)
+    with pytest.raises(ValueError, match="unknown degradations"):
+        render(("rain",))
+    assert set(DEGRADATIONS) == {"motion_blur", "defocus", "occlusion"}
+
+
+def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
+    calls = []
+
+    def fail_after_some_frames(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    real = synthetic._write_frame
+    monkeypatch.setattr(synthetic, "_write_frame", fail_after_some_frames)
+    with pytest.raises(KeyboardInterrupt):
+        generate_synthetic_dataset(str(tmp_path / "root"), **SMALL)
+    assert os.listdir(tmp_path) == []
+
+
+def test_ensure_generates_once(tmp_path, monkeypatch):
+    root = str(tmp_path / "root")
+    assert ensure_synthetic_dataset(root, **SMALL) == root
+    before = _files(root)
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generated again")
+
+    monkeypatch.setattr(synthetic, "generate_synthetic_dataset", no_generation)
+    assert ensure_synthetic_dataset(root) == root and _files(root) == before
+    with pytest.raises(FileExistsError, match="needs a new folder"):
+        generate_synthetic_dataset(root)
+    os.remove(os.path.join(root, "synthetic.json"))
+    with pytest.raises(FileNotFoundError, match=f"{root} exists but is not a synthetic dataset"):
+        ensure_synthetic_dataset(root)
+
+
+def test_builtin_names_generate_on_first_use(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    monkeypatch.setattr(synthetic, "_DEFAULT_OPTIONS", SMALL)
+    val = DatasetCatalog.get("synthetic_vid_val")
+    root = str(tmp_path / "vod_d2_synthetic")
+    assert val == _load(root) and val[0]["file_name"].startswith(root)
+    assert len(DatasetCatalog.get("synthetic_vid_train")) == len(_load(root, "train"))
+    det = DatasetCatalog.get("synthetic_det_train")
+    assert len(det) == 3 and all(r["video_length"] == 1 for r in det)
+    assert os.listdir(os.path.join(root, ".cache"))  # the cache lives in the generated tree
+
+
+def test_command_line(tmp_path):
+    synthetic.main(
+        ["--output", str(tmp_path / "cli"), "--seed", "3", "--num-train-videos", "1",
+         "--num-val-videos", "1", "--num-det-images", "1", "--min-frames", "4", "--max-frames", "4",
+         "--height", "48", "--width", "64"]
+    )  # fmt: skip
+    val = _load(str(tmp_path / "cli"))
+    assert len(val) == 4 and (val[0]["height"], val[0]["width"]) == (48, 64)
+
+
+def test_write_synthetic_video(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    path = write_synthetic_video(str(tmp_path / "demo.mp4"), num_frames=12, size=(96, 128), seed=1)
+    capture = cv2.VideoCapture(path)
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    assert len(frames) == 12
+    assert all(f.shape == (96, 128, 3) for f in frames)
+    assert not np.array_equal(frames[0], frames[-1])  # things move

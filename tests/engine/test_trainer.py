@@ -1,0 +1,59 @@
+import math
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.utils.env import seed_all_rng
+
+from vod_d2 import add_vod_config
+from vod_d2.engine import VideoTrainer
+
+
+def _cfg(tmp_path, max_iter):
+    cfg = get_cfg()
+    add_vod_config(cfg)
+    cfg.merge_from_file("configs/synthetic/single_frame.yaml")
+    cfg.merge_from_list(
+        [
+            "SOLVER.MAX_ITER", max_iter,
+            "SOLVER.IMS_PER_BATCH", 2,
+            "SOLVER.WARMUP_ITERS", 1,
+            "DATALOADER.NUM_WORKERS", 0,
+            "OUTPUT_DIR", str(tmp_path),
+            "SEED", 7,
+        ]
+    )  # fmt: skip
+    return cfg
+
+
+def _train(cfg):
+    """Train as train_net.py does (without the final evaluation)."""
+    cfg = cfg.clone()
+    cfg.DATASETS.TEST = ()
+    seed_all_rng(cfg.SEED)
+    trainer = VideoTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return trainer
+
+
+@pytest.mark.usefixtures("synthetic_datasets")
+def test_few_iterations_then_evaluation_on_cpu(tmp_path):
+    cfg = _cfg(tmp_path, max_iter=3)
+    trainer = _train(cfg)
+    losses = trainer.storage.history("total_loss").values()
+    assert len(losses) == 3 and all(math.isfinite(v) for v, _ in losses)
+    results = VideoTrainer.test(cfg, trainer.model)["synthetic_vid_val"]["bbox"]
+    for key in ("mAP", "mAP_slow", "mAP_medium", "mAP_fast", "AP", "AP50", "AP75"):
+        assert key in results
+    assert 0.0 <= results["mAP"] <= 100.0
+    assert (tmp_path / "model_final.pth").is_file()
+
+
+@pytest.mark.usefixtures("synthetic_datasets")
+def test_same_seed_gives_the_same_losses(tmp_path):
+    runs = [_train(_cfg(tmp_path / str(i), max_iter=3)) for i in range(2)]
+    first, second = [[v for v, _ in r.storage.history("total_loss").values()] for r in runs]
+    assert first == second
+    for a, b in zip(runs[0].model.parameters(), runs[1].model.parameters()):
+        assert torch.equal(a, b)

@@ -1,0 +1,37 @@
+"""
+Video datasets as detectron2 frame records, and their registration.
+
+A record is one frame (detectron2's ``list[dict]``, ordered by ``(video_id, frame_idx)``)::
+
+    file_name (str), height (int), width (int), image_id (int, unique in the dataset),
+    video_id (str, unique in the dataset), frame_idx (int, 0-based), video_length (int),
+    annotations: list of {bbox: [x0, y0, x1, y1], bbox_mode: BoxMode.XYXY_ABS,
+                          category_id (contiguous), track_id (-1 if none), occluded, generated}
+
+A DET still image is a one-frame video. Support frames are found through
+:func:`build_frame_table`, so records carry no lists. Importing this package registers the
+built-in datasets (:mod:`.builtin`) without reading any file.
+"""
+from .builtin import BUILTIN_DATASETS, datasets_root, register_all_builtin
+from .cache import default_cache_dir
+from .cocovid import load_cocovid_json
+from .frame_table import NumberedFrames, build_frame_table
+from .imagenet_vid import VID_CLASSES, VID_WNIDS, load_imagenet_det, load_imagenet_vid
+from .register import register_video_dataset
+
+__all__ = [
+    "BUILTIN_DATASETS",
+    "NumberedFrames",
+    "VID_CLASSES",
+    "VID_WNIDS",
+    "build_frame_table",
+    "datasets_root",
+    "default_cache_dir",
+    "load_cocovid_json",
+    "load_imagenet_det",
+    "load_imagenet_vid",
+    "register_all_builtin",
+    "register_video_dataset",
+]
+
+register_all_builtin()

@@ -1,0 +1,63 @@
+"""
+Built-in video datasets, registered lazily under fixed names.
+
+They live under ``$DETECTRON2_DATASETS`` (default ``datasets``), read when a dataset is
+loaded (not at import):
+
+* ``imagenet_vid_train_15frames``, ``imagenet_vid_val``, ``imagenet_det_train_30classes``:
+  ``ILSVRC2015/`` with the ``ImageSets/VID_train_15frames.txt``, ``VID_val_videos.txt`` (or,
+  when absent, ``VID_val_frames.txt``; both list all 176,126 val frames) and
+  ``DET_train_30classes.txt`` lists FGFA, MEGA and mmtracking share.
+* ``synthetic_vid_train``, ``synthetic_vid_val``, ``synthetic_det_train``: the same layout
+  under ``vod_d2_synthetic/``, generated on first use (see :mod:`vod_d2.data.synthetic`).
+"""
+import functools
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from ..synthetic import SYNTHETIC_CLASSES, ensure_synthetic_dataset
+from .imagenet_vid import VID_CLASSES, load_imagenet_det, load_imagenet_vid
+
+__all__ = ["BUILTIN_DATASETS", "datasets_root", "register_all_builtin"]
+
+# name -> (folder under $DETECTRON2_DATASETS, loader kind, image-set lists, first existing used)
+BUILTIN_DATASETS = {
+    "imagenet_vid_train_15frames": ("ILSVRC2015", "imagenet_vid", ("VID_train_15frames.txt",)),
+    "imagenet_vid_val": (
+        "ILSVRC2015", "imagenet_vid", ("VID_val_videos.txt", "VID_val_frames.txt")
+    ),
+    "imagenet_det_train_30classes": ("ILSVRC2015", "imagenet_det", ("DET_train_30classes.txt",)),
+    "synthetic_vid_train": ("vod_d2_synthetic", "imagenet_vid", ("VID_train_15frames.txt",)),
+    "synthetic_vid_val": ("vod_d2_synthetic", "imagenet_vid", ("VID_val_videos.txt",)),
+    "synthetic_det_train": ("vod_d2_synthetic", "imagenet_det", ("DET_train_30classes.txt",)),
+}
+
+
+def datasets_root() -> str:
+    """``$DETECTRON2_DATASETS``, default ``datasets``, read at each call."""
+    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+
+def _load_builtin(name: str):
+    folder, kind, image_sets = BUILTIN_DATASETS[name]
+    root = os.path.join(datasets_root(), folder)
+    options = {}
+    if folder == "vod_d2_synthetic":
+        ensure_synthetic_dataset(root)
+        # The cache goes with the generated tree (and is removed with it).
+        options = dict(class_names=SYNTHETIC_CLASSES, cache_dir=os.path.join(root, ".cache"))
+    lists = [os.path.join("ImageSets", image_set) for image_set in image_sets]
+    image_set = next((s for s in lists if os.path.exists(os.path.join(root, s))), lists[0])
+    load = load_imagenet_det if kind == "imagenet_det" else load_imagenet_vid
+    return load(root, image_set, **options)
+
+
+def register_all_builtin() -> None:
+    """Register every name of :data:`BUILTIN_DATASETS` (reads nothing)."""
+    for name, (folder, kind, _) in BUILTIN_DATASETS.items():
+        DatasetCatalog.register(name, functools.partial(_load_builtin, name))
+        classes = SYNTHETIC_CLASSES if folder == "vod_d2_synthetic" else VID_CLASSES
+        MetadataCatalog.get(name).set(
+            thing_classes=list(classes), evaluator_type="vid", dataset_kind=kind
+        )

@@ -1,0 +1,120 @@
+"""Dataset mapper that turns a frame record into a reference frame plus its support frames."""
+
+import copy
+import logging
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import DatasetMapper
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+
+from .frame_sampling import FrameSampler
+
+__all__ = ["VideoDatasetMapper"]
+
+logger = logging.getLogger(__name__)
+
+
+class VideoDatasetMapper(DatasetMapper):
+    """
+    Maps a frame record (see :mod:`vod_d2.data.datasets`) to the model's input dict.
+
+    In training, the record is a reference frame: the mapper draws its support frames with a
+    :class:`FrameSampler`, reads them through ``frame_table``, samples one augmentation for the
+    reference and applies that same :class:`TransformList` to every support frame, so all
+    frames of a sample share resize and flip. The output adds to :class:`DatasetMapper`'s:
+
+    * ``support_images`` (list[Tensor]): S tensors (C, H, W), same size as ``image``.
+    * ``support_offsets`` (list[int]): S frame offsets ``support_idx - frame_idx``.
+
+    At test time it maps the frame alone (the model caches features across frames), so each
+    frame of a video is read exactly once.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool,
+        *,
+        frame_sampler: FrameSampler,
+        frame_table: Optional[Mapping[str, Sequence[str]]] = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            is_train: whether to map training samples (with support frames and annotations).
+            frame_sampler: rule choosing the support frames of a training sample.
+            frame_table: ``video_id -> file names ordered by frame index``, covering every frame
+                a support frame may be drawn from; required when the rule has support frames.
+            kwargs: arguments of :class:`DatasetMapper`.
+        """
+        super().__init__(is_train, **kwargs)
+        if is_train and frame_sampler.length and frame_table is None:
+            raise ValueError(f"sampling rule {frame_sampler.rule!r} needs a frame table")
+        self.frame_sampler = frame_sampler
+        self.frame_table = frame_table
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True, frame_table=None):
+        ret = super().from_config(cfg, is_train)
+        ret["frame_sampler"] = FrameSampler.from_config(cfg)
+        ret["frame_table"] = frame_table
+        return ret
+
+    def __call__(self, dataset_dict):
+        """
+        Args:
+            dataset_dict (dict): one frame record.
+
+        Returns:
+            dict: the model's input (see the class docstring).
+        """
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        utils.check_image_size(dataset_dict, image)
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        image_shape = image.shape[:2]
+        dataset_dict["image"] = _to_chw_tensor(image)
+
+        if not self.is_train:
+            dataset_dict.pop("annotations", None)
+            return dataset_dict
+
+        # Drawn from numpy's global generator, like the augmentations: detectron2 seeds it per
+        # data-loader worker, so a fixed SEED gives the same samples.
+        rng = np.random.default_rng(np.random.randint(2**31))
+        offsets = self.frame_sampler(dataset_dict["frame_idx"], dataset_dict["video_length"], rng)
+        dataset_dict["support_offsets"] = offsets
+        dataset_dict["support_images"] = [
+            self._read_support(dataset_dict, o, transforms, image_shape) for o in offsets
+        ]
+        self._transform_annotations(dataset_dict, transforms, image_shape)
+        return dataset_dict
+
+    def _read_support(self, dataset_dict, offset, transforms, image_shape) -> torch.Tensor:
+        """Read the frame at ``offset`` from the reference and apply the sample's transforms."""
+        if offset == 0:
+            return dataset_dict["image"]
+        video_id = dataset_dict["video_id"]
+        frames = self.frame_table.get(video_id)
+        index = dataset_dict["frame_idx"] + offset
+        if frames is None or not 0 <= index < len(frames):
+            raise KeyError(f"frame {index} of video {video_id!r} is not in the frame table")
+        image = utils.read_image(frames[index], format=self.image_format)
+        image = transforms.apply_image(image)
+        if image.shape[:2] != image_shape:
+            raise ValueError(
+                f"{frames[index]} has size {image.shape[:2]} after augmentation, but the "
+                f"reference frame of video {video_id!r} has {image_shape}"
+            )
+        return _to_chw_tensor(image)
+
+
+def _to_chw_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, C) array -> contiguous (C, H, W) tensor."""
+    return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))

@@ -1,0 +1,283 @@
+"""VideoPredictor: detectron2's DefaultPredictor for the frames of a video, in a stream."""
+
+import logging
+import os
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from detectron2.structures import Instances
+
+from .trainer import build_video_postprocess
+
+__all__ = ["VideoPredictor", "VideoReader"]
+
+logger = logging.getLogger(__name__)
+
+FrameResult = Tuple[int, Instances]
+
+
+class VideoReader:
+    """
+    The frames of a video file, decoded with OpenCV one at a time (BGR uint8 (H, W, 3) arrays).
+
+    The file is checked when the reader is made: a missing file raises ``FileNotFoundError``
+    and one OpenCV cannot open raises ``OSError``, both naming it. Each iteration decodes the
+    video again from its first frame and raises ``ValueError`` if not a single frame decodes
+    (an empty or corrupt video).
+
+    Attributes:
+        path (str): the video file.
+        fps (float): frames per second stored in the container (0 if unknown).
+        num_frames (int): number of frames the container announces (an estimate for some
+            codecs; 0 if unknown).
+    """
+
+    def __init__(self, path: Union[str, os.PathLike]):
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"video file {self.path!r} does not exist")
+        capture = self._open()
+        try:
+            import cv2
+
+            self.fps = max(float(capture.get(cv2.CAP_PROP_FPS) or 0.0), 0.0)
+            self.num_frames = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0)
+        finally:
+            capture.release()
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        capture = self._open()
+        try:
+            num_read = 0
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                num_read += 1
+                yield frame
+        finally:
+            capture.release()
+        if num_read == 0:
+            raise ValueError(
+                f"no frame could be decoded from {self.path!r}: the video is empty or corrupt"
+            )
+
+    def _open(self):
+        import cv2  # only video files need OpenCV
+
+        capture = cv2.VideoCapture(self.path)
+        if not capture.isOpened():
+            capture.release()
+            raise OSError(f"OpenCV cannot open {self.path!r} as a video (unknown or bad format)")
+        return capture
+
+
+class VideoPredictor:
+    """
+    Runs a video model on the frames of one video at a time, the video counterpart of
+    detectron2's ``DefaultPredictor``. Compared to calling the model directly it:
+
+    1. builds the model of ``cfg`` and loads ``cfg.MODEL.WEIGHTS``;
+    2. takes BGR frames (as OpenCV decodes them) and converts them to ``cfg.INPUT.FORMAT``;
+    3. resizes them with ``ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, MAX_SIZE_TEST)``, one
+       transform for the whole video (all its frames must have the same size);
+    4. feeds them to the model's streaming API (``reset``/``step``/``flush`` of
+       :class:`vod_d2.modeling.VideoRCNN`), so each frame goes through the backbone once and
+       the model's own feature window gives the look-ahead of offline methods or the memory
+       of online ones;
+    5. returns ``(frame_index, Instances)`` for every frame, in order, with boxes in the
+       coordinates of the original frame.
+
+    Memory is bounded by the model's window whatever the video's length: the predictor keeps
+    no frame, and results come out as soon as the window allows (an offline model with a
+    look-ahead of K frames returns frame ``t`` when frame ``t + K`` is put; the single-frame
+    baseline returns every frame at once).
+
+    With ``cfg.TEST.SEQ_NMS.ENABLED``, Seq-NMS (:func:`build_video_postprocess`) needs the
+    whole video's detections: :meth:`put` then returns nothing and :meth:`flush` returns all
+    frames' rescored results at the end of the video, with a ``seq_ids`` field. Only the
+    detections are held until then, never the frames.
+
+    Attributes:
+        cfg (CfgNode): a copy of the config.
+        model (nn.Module): the video model, in eval mode.
+        metadata (Metadata): metadata of ``cfg.DATASETS.TEST[0]`` (class names for drawing),
+            or of an unnamed dataset if there is none.
+        video_postprocess (callable or None): the whole-video post-processing (Seq-NMS).
+
+    Examples:
+    ::
+        predictor = VideoPredictor(cfg)
+        for frame_index, instances in predictor.run_video("input.mp4"):
+            ...
+        # or, frame by frame:
+        predictor.reset()
+        for frame in frames:
+            for frame_index, instances in predictor.put(frame):
+                ...
+        for frame_index, instances in predictor.flush():
+            ...
+    """
+
+    def __init__(self, cfg):
+        """
+        Args:
+            cfg (CfgNode): a vod_d2 config (see :func:`vod_d2.add_vod_config`) whose meta
+                architecture has the streaming API; ``MODEL.WEIGHTS`` may be empty.
+        """
+        self.cfg = cfg.clone()  # cfg can be modified by model
+        self.model = build_model(self.cfg)
+        missing = [
+            m for m in ("reset", "step", "flush") if not callable(getattr(self.model, m, None))
+        ]
+        if missing:
+            raise TypeError(
+                f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r} has no streaming API "
+                f"(no {', '.join(missing)}): VideoPredictor needs a video meta-architecture such "
+                "as VideoRCNN"
+            )
+        self.model.eval()
+        self.metadata = MetadataCatalog.get(
+            cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
+        )
+        DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+
+        self.aug = T.ResizeShortestEdge(
+            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        )
+        self.input_format = cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
+        self.video_postprocess = build_video_postprocess(self.cfg)
+        self.reset()
+
+    def reset(self, video_name: str = "video"):
+        """
+        Start a new video: forget the frames, windows and detections of the previous one.
+
+        Args:
+            video_name: the video's name, passed to the model as the frames' ``video_id``.
+        """
+        self.model.reset()
+        self._video_name = video_name
+        self._num_frames = 0
+        self._frame_shape: Optional[Tuple[int, int]] = None
+        self._transform: Optional[T.Transform] = None
+        self._detections: List[FrameResult] = []
+
+    @torch.no_grad()
+    def put(self, frame: np.ndarray) -> List[FrameResult]:
+        """
+        Feed the next frame of the current video.
+
+        Args:
+            frame (ndarray): (H, W, 3) uint8 image in BGR order, the same size as the video's
+                first frame.
+
+        Returns:
+            list[(int, Instances)]: the results that became ready, in frame order: the frame
+            index in the video and its detections (``pred_boxes`` in the frame's pixels,
+            ``scores``, ``pred_classes``). Empty while an offline window fills, and always
+            with Seq-NMS (see :meth:`flush`).
+        """
+        frame_dict = self._frame_dict(frame)
+        self._num_frames += 1
+        return self._emit(self.model.step(frame_dict))
+
+    @torch.no_grad()
+    def flush(self) -> List[FrameResult]:
+        """
+        End the current video: the results of its pending frames (all frames with Seq-NMS,
+        rescored). The next :meth:`put` starts a new video.
+
+        Returns:
+            list[(int, Instances)]: as :meth:`put`.
+        """
+        done = self._emit(self.model.flush())
+        if self.video_postprocess is not None and self._detections:
+            done = [
+                (meta["frame_idx"], output["instances"])
+                for meta, output in self.video_postprocess(
+                    [({"frame_idx": t}, {"instances": inst}) for t, inst in self._detections]
+                )
+            ]
+        self.reset(self._video_name)
+        return done
+
+    def run_video(
+        self, video: Union[str, os.PathLike, Iterable[np.ndarray]]
+    ) -> Iterator[FrameResult]:
+        """
+        Run the model over a whole video.
+
+        Args:
+            video: a video file OpenCV can read, or an iterable of BGR (H, W, 3) uint8 frames.
+
+        Returns:
+            Iterator[(int, Instances)]: every frame's result, in order, as soon as it is ready
+            (all at the end with Seq-NMS). A missing or unreadable file raises here, before
+            iterating; a video without a decodable frame raises ``ValueError`` when iterated.
+        """
+        if isinstance(video, (str, os.PathLike)):
+            name = os.fspath(video)
+            video = VideoReader(video)
+        else:
+            name = "video"
+        return self._run(video, name)
+
+    def _run(self, frames: Iterable[np.ndarray], name: str) -> Iterator[FrameResult]:
+        self.reset(name)
+        for frame in frames:
+            yield from self.put(frame)
+        if self._num_frames == 0:
+            raise ValueError(f"video {name!r} has no frames")
+        yield from self.flush()
+
+    def _frame_dict(self, frame: np.ndarray) -> Dict:
+        """The model's test input for a BGR frame (same keys as the test mapper's)."""
+        if not isinstance(frame, np.ndarray):
+            raise TypeError(
+                f"frame {self._num_frames} of video {self._video_name!r} must be a numpy array, "
+                f"got {type(frame).__name__}"
+            )
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(
+                f"frame {self._num_frames} of video {self._video_name!r} must be a (H, W, 3) "
+                f"uint8 BGR array, got {frame.dtype} {frame.shape}"
+            )
+        height, width = frame.shape[:2]
+        if self._frame_shape is None:
+            self._frame_shape = (height, width)
+            self._transform = self.aug.get_transform(frame)
+        elif (height, width) != self._frame_shape:
+            raise ValueError(
+                f"frame {self._num_frames} of video {self._video_name!r} is {height}x{width}, "
+                f"but its first frame is {self._frame_shape[0]}x{self._frame_shape[1]}"
+            )
+        if self.input_format == "RGB":
+            frame = frame[:, :, ::-1]
+        image = self._transform.apply_image(frame)
+        return {
+            "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "height": height,
+            "width": width,
+            "image_id": self._num_frames,
+            "video_id": self._video_name,
+            "frame_idx": self._num_frames,
+        }
+
+    def _emit(self, done: List[Tuple[Dict, Dict]]) -> List[FrameResult]:
+        """Model outputs -> (frame index, Instances); held back when Seq-NMS needs the video."""
+        results = [(meta["frame_idx"], output["instances"]) for meta, output in done]
+        if self.video_postprocess is None:
+            return results
+        self._detections.extend(results)
+        return []

@@ -1,0 +1,104 @@
+"""VideoTrainer: detectron2's DefaultTrainer with video loaders, evaluator and inference loop."""
+
+import logging
+import os
+from collections import OrderedDict
+
+from detectron2.engine import DefaultTrainer
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, print_csv_format
+from detectron2.utils import comm
+
+from ..data import build_video_test_loader, build_video_train_loader
+from ..evaluation import VIDEvaluator
+from ..postprocessing import seq_nms_instances
+from .inference import inference_on_videos
+
+__all__ = ["VideoTrainer", "build_video_postprocess"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_video_postprocess(cfg):
+    """
+    The per-video post-processing the config asks for at test time (Seq-NMS when
+    ``cfg.TEST.SEQ_NMS.ENABLED``), as a callable on a video's ``(frame, output)`` list, or None.
+    """
+    if not cfg.TEST.SEQ_NMS.ENABLED:
+        return None
+    kwargs = dict(
+        link_iou=cfg.TEST.SEQ_NMS.LINK_IOU,
+        suppress_iou=cfg.TEST.SEQ_NMS.SUPPRESS_IOU,
+        rescore=cfg.TEST.SEQ_NMS.RESCORE,
+    )
+
+    def apply(done):
+        rescored = seq_nms_instances([output["instances"] for _, output in done], **kwargs)
+        return [(frame, {**output, "instances": r}) for (frame, output), r in zip(done, rescored)]
+
+    return apply
+
+
+class VideoTrainer(DefaultTrainer):
+    """
+    Trains and evaluates vod_d2 models with detectron2's loop, hooks, checkpointer and AMP;
+    only the data loaders, the evaluator and the test loop (which walks videos in order and
+    resets the model's state at each new video) are specific to video.
+    """
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_video_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_video_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return VIDEvaluator(
+            dataset_name,
+            distributed=True,
+            output_dir=output_folder,
+            motion_frames=cfg.TEST.VID_EVAL.MOTION_FRAMES,
+            dump_detections=cfg.TEST.VID_EVAL.DUMP_DETECTIONS,
+        )
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """
+        Evaluate ``model`` on every dataset of ``cfg.DATASETS.TEST`` with
+        :func:`inference_on_videos`.
+
+        Args:
+            cfg: the config.
+            model: a video model (or a DDP wrapper of one) holding the weights to evaluate.
+            evaluators (list[DatasetEvaluator] or None): one per test dataset; built by
+                :meth:`build_evaluator` when None.
+
+        Returns:
+            OrderedDict: dataset name -> the evaluator's results.
+        """
+        if isinstance(evaluators, DatasetEvaluator):
+            evaluators = [evaluators]
+        if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
+            raise ValueError(
+                f"{len(evaluators)} evaluators for {len(cfg.DATASETS.TEST)} test datasets"
+            )
+        postprocess = build_video_postprocess(cfg)
+        results = OrderedDict()
+        for idx, dataset_name in enumerate(cfg.DATASETS.TEST):
+            data_loader = cls.build_test_loader(cfg, dataset_name)
+            evaluator = (
+                evaluators[idx]
+                if evaluators is not None
+                else cls.build_evaluator(cfg, dataset_name)
+            )
+            if isinstance(evaluator, (list, tuple)):
+                evaluator = DatasetEvaluators(evaluator)
+            results[dataset_name] = inference_on_videos(model, data_loader, evaluator, postprocess)
+            if comm.is_main_process():
+                logger.info(f"Evaluation results for {dataset_name} in csv format:")
+                print_csv_format(results[dataset_name])
+        return results

@@ -1,0 +1,29 @@
+"""Ops of the temporal methods: autograd wrappers of ``vod_d2._C`` and pure-PyTorch references."""
+
+from .deform_sampling import (
+    DeformableSimilaritySampling,
+    deformable_similarity_sampling,
+    deformable_similarity_sampling_reference,
+)
+from .match_trans import (
+    MatchTransAlign,
+    local_aggregate,
+    local_aggregate_reference,
+    local_correlation,
+    local_correlation_reference,
+)
+from .temporal_roi_align import TemporalRoIAlign, temporal_roi_align, temporal_roi_align_reference
+
+__all__ = [
+    "DeformableSimilaritySampling",
+    "MatchTransAlign",
+    "TemporalRoIAlign",
+    "deformable_similarity_sampling",
+    "deformable_similarity_sampling_reference",
+    "local_aggregate",
+    "local_aggregate_reference",
+    "local_correlation",
+    "local_correlation_reference",
+    "temporal_roi_align",
+    "temporal_roi_align_reference",
+]

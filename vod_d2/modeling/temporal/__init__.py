@@ -1,0 +1,6 @@
+"""Temporal aggregation modules; importing this package registers them."""
+
+from .build import TEMPORAL_AGGREGATION_REGISTRY, build_temporal_aggregation
+from .single_frame import SingleFrameAggregation
+
+__all__ = ["TEMPORAL_AGGREGATION_REGISTRY", "build_temporal_aggregation", "SingleFrameAggregation"]
