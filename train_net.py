@@ -20,6 +20,8 @@ except ImportError:
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from vod_d2 import add_vod_config
 from vod_d2.engine import VideoTrainer
@@ -33,6 +35,7 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="vod_d2")
     return cfg
 
 

@@ -398,10 +398,11 @@ def annotate(
                 emit(index, pending.popleft() if pending else None, instances)
     if results_at_end:
         # The frames were not kept: decode them again to draw the rescored results.
-        again = frames if sink is not None else [None] * len(done)
-        for (index, instances), frame in tqdm.tqdm(
-            zip(done, again), total=len(done), unit="frame", desc="draw"
-        ):
+        again = iter(frames) if sink is not None else None
+        for index, instances in tqdm.tqdm(done, unit="frame", desc="draw"):
+            frame = next(again, None) if again is not None else None
+            if again is not None and frame is None:
+                raise RuntimeError(f"video {name!r} has fewer frames on a second reading")
             emit(index, frame, instances)
     return count
 

@@ -9,3 +9,13 @@ OUTPUT=${OUTPUT:-output/synthetic/single_frame}
 bash scripts/setup_env.sh
 
 "$PYTHON" train_net.py --config-file "$CONFIG" OUTPUT_DIR "$OUTPUT"
+
+# The demo: annotate a generated video (60 frames, 240x320) with the weights just trained.
+DEMO="$OUTPUT/demo"
+mkdir -p "$DEMO"
+"$PYTHON" -m vod_d2.data.synthetic --video "$DEMO/synthetic.mp4" --num-frames 60 --seed 1
+"$PYTHON" demo/demo.py --config-file "$CONFIG" --video-input "$DEMO/synthetic.mp4" \
+  --output "$DEMO/synthetic_annotated.mp4" --json "$DEMO/synthetic_detections.json" \
+  --opts MODEL.WEIGHTS "$OUTPUT/model_final.pth"
+echo "Demo output: $DEMO/synthetic_annotated.mp4 (annotated video)," \
+  "$DEMO/synthetic_detections.json (detections)"

@@ -2,17 +2,28 @@ import os
 from pathlib import Path
 
 import pytest
-
-from vod_d2.data.synthetic import ensure_synthetic_dataset
 import torch
 from detectron2.config import get_cfg
 from torch import nn
 
 from vod_d2 import add_vod_config
+from vod_d2.data.synthetic import ensure_synthetic_dataset
 from vod_d2.modeling.temporal import TEMPORAL_AGGREGATION_REGISTRY
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC_CONFIG = "configs/synthetic/single_frame.yaml"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """
+    The tiny test models are up to ~100x slower with two intra-op threads than with one when
+    the cores are busy (thread hand-offs dominate a few-ms forward); results are the same.
+    """
+    num_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(num_threads)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -62,7 +62,21 @@ def _add_test_config(cfg):
 
 
 def _add_stsn_config(cfg):
-    """STSN keys (added by the STSN module)."""
+    """STSN keys (vod_d2/modeling/temporal/stsn.py; Bertasius et al. 2018, §4.1)."""
+    cfg.MODEL.STSN = CN()
+    # Deformable convs of the sampling block, each with its own offset conv (paper: 4).
+    cfg.MODEL.STSN.NUM_CONVS = 4
+    # Width of the sampling block's intermediate maps g^(1)..g^(3) (paper: 1024).
+    cfg.MODEL.STSN.CONV_DIM = 1024
+    # Width of the sampled/aggregated map fed to the heads; 0 keeps the backbone's width, which
+    # identity-initialises the final sampling conv (paper: 1024 over its 1024-channel features).
+    cfg.MODEL.STSN.OUT_CHANNELS = 0
+    # Channel groups with their own offsets; the paper shares offsets across channels (§3): 1.
+    cfg.MODEL.STSN.DEFORMABLE_GROUPS = 1
+    # Widths of the 1x1, 3x3, 1x1 convs of the weight embedding S(.) (paper: 512, 512, 2048).
+    cfg.MODEL.STSN.EMBED_DIMS = (512, 512, 2048)
+    # (Reference, frame) pairs sampled in one pass; bounds test memory for any K (0: all at once).
+    cfg.MODEL.STSN.PAIRS_PER_PASS = 8
 
 
 def _add_stmn_config(cfg):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from vod_d2.engine import VideoPredictor, VideoReader
+from vod_d2.data import VideoDatasetMapper
+from vod_d2.engine import VideoPredictor, VideoReader, run_on_video
 from vod_d2.postprocessing import seq_nms_instances
 
 cv2 = pytest.importorskip("cv2")
@@ -48,18 +49,6 @@ def _count_backbone_calls(model):
 
     model.backbone.forward = counting
     return calls
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """
-    The tiny models here are ~100x slower with two intra-op threads than with one when the
-    machine's cores are busy (thread hand-offs dominate a 6 ms forward); results are the same.
-    """
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
 
 
 MODELS = {
@@ -112,6 +101,28 @@ def test_frames_are_resized_once_and_converted_to_the_model_format(tiny_cfg):
             assert (d["height"], d["width"]) == SIZE, input_format
             assert d["image"][:, 30, 40].tolist() == expected, input_format
         assert [d["frame_idx"] for d in seen] == [0, 1], input_format
+
+
+def test_predictor_matches_the_evaluation_path(tiny_cfg, tmp_path):
+    """Same frames through the test mapper and the test loop give the same detections."""
+    predictor = _predictor(tiny_cfg)
+    frames = _frames(5, seed=6)
+    records = []
+    for t, frame in enumerate(frames):
+        cv2.imwrite(str(tmp_path / f"{t}.png"), frame)
+        records.append(
+            dict(file_name=str(tmp_path / f"{t}.png"), height=SIZE[0], width=SIZE[1],
+                 image_id=t, video_id="v", frame_idx=t, video_length=5)
+        )  # fmt: skip
+    mapper = VideoDatasetMapper(predictor.cfg, is_train=False)
+    evaluated = list(run_on_video(predictor.model, map(mapper, records)))
+    predicted = list(predictor.run_video(frames))
+    assert len(evaluated) == len(predicted) == 5
+    assert sum(len(inst) for _, inst in predicted) > 0
+    for (meta, output), (t, inst) in zip(evaluated, predicted):
+        assert meta["frame_idx"] == t
+        assert torch.equal(output["instances"].pred_boxes.tensor, inst.pred_boxes.tensor), t
+        assert torch.equal(output["instances"].scores, inst.scores), t
 
 
 def test_seq_nms_results_come_at_the_end_and_match_seq_nms_of_the_raw_results(tiny_cfg):

@@ -133,6 +133,17 @@ def test_empty_frames_and_videos():
     assert out[0][0][1] != out[3][0][1]
 
 
+def test_degenerate_boxes_are_kept_alone():
+    # Zero-area boxes have an empty union with each other (IoU 0 / 0): never linked, never
+    # suppressing, each its own sequence.
+    frames = [[(5.0, 5.0, 5.0, 5.0, 0.4, 0), (5.0, 5.0, 5.0, 5.0, 0.3, 0)]]
+    frames.append([(5.0, 5.0, 5.0, 5.0, 0.9, 0)])
+    out = _as_dicts(seq_nms(*_video(frames)))
+    assert [sorted(f) for f in out] == [[0, 1], [0]]
+    assert [f[0][0] for f in out] == pytest.approx([0.4, 0.9])
+    assert len({i for f in out for _, i in f.values()}) == 3
+
+
 def _brute_force_seq_nms(boxes, scores, labels, link_iou, suppress_iou, rescore):
     """Seq-NMS by enumerating every sequence of alive boxes at every step (tiny inputs only)."""
     T = len(boxes)
@@ -248,7 +259,9 @@ def test_links_and_overlaps_match_torchvision_box_iou():
     frames = torch.arange(T).repeat_interleave(N)
     order = torch.argsort(frames * 3 + labels, stable=True)
     boxes, labels = boxes[order], labels[order]
-    graph = seq_nms_module._VideoGraph(boxes, frames[order].numpy(), labels.numpy(), T, 3, 0.5, 0.3)
+    graph = seq_nms_module._VideoGraph(
+        boxes.numpy(), frames[order].numpy(), labels.numpy(), T, 3, 0.5, 0.3
+    )
 
     same_class = labels[:, None] == labels[None, :]
     iou = box_iou(boxes, boxes)

@@ -133,7 +133,7 @@ class VideoPredictor:
             cfg (CfgNode): a vod_d2 config (see :func:`vod_d2.add_vod_config`) whose meta
                 architecture has the streaming API; ``MODEL.WEIGHTS`` may be empty.
         """
-        self.cfg = cfg.clone()  # cfg can be modified by model
+        self.cfg = cfg.clone()
         self.model = build_model(self.cfg)
         missing = [
             m for m in ("reset", "step", "flush") if not callable(getattr(self.model, m, None))

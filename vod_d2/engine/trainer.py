@@ -10,7 +10,7 @@ from detectron2.utils import comm
 
 from ..data import build_video_test_loader, build_video_train_loader
 from ..evaluation import VIDEvaluator
-from ..postprocessing import seq_nms_instances
+from ..postprocessing import seq_nms_instances, seq_nms_kwargs_from_config
 from .inference import inference_on_videos
 
 __all__ = ["VideoTrainer", "build_video_postprocess"]
@@ -25,11 +25,7 @@ def build_video_postprocess(cfg):
     """
     if not cfg.TEST.SEQ_NMS.ENABLED:
         return None
-    kwargs = dict(
-        link_iou=cfg.TEST.SEQ_NMS.LINK_IOU,
-        suppress_iou=cfg.TEST.SEQ_NMS.SUPPRESS_IOU,
-        rescore=cfg.TEST.SEQ_NMS.RESCORE,
-    )
+    kwargs = seq_nms_kwargs_from_config(cfg)
 
     def apply(done):
         rescored = seq_nms_instances([output["instances"] for _, output in done], **kwargs)

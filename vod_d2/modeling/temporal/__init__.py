@@ -2,5 +2,16 @@
 
 from .build import TEMPORAL_AGGREGATION_REGISTRY, build_temporal_aggregation
 from .single_frame import SingleFrameAggregation
+from .stmn import STMNAggregation, STMNSingleFrameAggregation
+from .stsn import SpatioTemporalSamplingBlock, SSNAggregation, STSNAggregation
 
-__all__ = ["TEMPORAL_AGGREGATION_REGISTRY", "build_temporal_aggregation", "SingleFrameAggregation"]
+__all__ = [
+    "TEMPORAL_AGGREGATION_REGISTRY",
+    "build_temporal_aggregation",
+    "SingleFrameAggregation",
+    "STMNAggregation",
+    "STMNSingleFrameAggregation",
+    "SpatioTemporalSamplingBlock",
+    "SSNAggregation",
+    "STSNAggregation",
+]

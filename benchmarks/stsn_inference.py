@@ -1,0 +1,212 @@
+"""
+Per-frame inference cost and peak memory of STSN at several K against SSN, in one run.
+
+Models are built from one config (random weights: only cost is measured): SSN
+(``SSNAggregation``, window (0, 0)) and STSN with windows (K, K) for each ``--k``. Each streams
+the same random video through the test API (``model.reset/step/flush``: every frame's backbone
+runs once, its features are cached while a window needs them) in a fresh process of its own,
+so that peak memory is its own: the peak resident set size on CPU (Linux ``VmHWM``), the peak
+of allocated memory on CUDA, both above what the built model holds before streaming. Time is
+split into backbone, temporal aggregation and the rest (RPN, ROI heads, post-processing). A
+last run repeats the largest K with all 2K+1 pairs in one pass of the sampling block.
+
+The paper's target: per-frame cost grows sub-linearly in K because the backbone is shared
+(only the sampling block and the embedding run 2K+1 times per frame), and memory stays
+bounded by the cache of 2K+1 feature maps (``MODEL.STSN.PAIRS_PER_PASS`` pairs are sampled at
+a time).
+
+    python benchmarks/stsn_inference.py --config-file configs/synthetic/stsn.yaml --size 128 160
+    python benchmarks/stsn_inference.py --config-file configs/stsn_R50_DC5.yaml --device cuda
+"""
+
+import argparse
+import json
+import multiprocessing
+import time
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from vod_d2 import add_vod_config
+from vod_d2.engine import run_on_video
+from vod_d2.modeling.temporal import stsn  # noqa: F401  (registers STSN and SSN)
+
+MIB = 2.0**20
+
+
+def _synchronize(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _video(num_frames, height, width, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "image": torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8),
+            "height": height,
+            "width": width,
+            "video_id": "benchmark",
+            "frame_idx": t,
+        }
+        for t in range(num_frames)
+    ]
+
+
+def _rss_kib(field):
+    """A field of /proc/self/status (VmRSS, VmHWM) in KiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss():
+    """Make VmHWM restart from the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+class _Timer:
+    """Wraps ``module.forward`` to add its wall time (synchronised) to ``self.seconds``."""
+
+    def __init__(self, module, device):
+        self.seconds = 0.0
+        forward = module.forward
+
+        def timed(*args, **kwargs):
+            _synchronize(device)
+            start = time.perf_counter()
+            out = forward(*args, **kwargs)
+            _synchronize(device)
+            self.seconds += time.perf_counter() - start
+            return out
+
+        module.forward = timed
+
+
+def measure(cfg, opts, size, frames, warmup, threads):
+    """Build one model, stream the video once to warm up and once timed; returns a dict."""
+    torch.set_num_threads(threads)
+    cfg = cfg.clone()
+    cfg.merge_from_list(list(opts))
+    device = cfg.MODEL.DEVICE
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    video = _video(frames, *size)
+    # Memory is measured from the built model on, warm-up included: memory the allocator keeps
+    # after the warm-up would otherwise hide the streaming's own peak from the RSS.
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        _reset_peak_rss()
+        base = _rss_kib("VmRSS") * 1024
+    list(run_on_video(model, video[:warmup]))
+    with torch.no_grad():
+        per_frame = model.backbone(model._preprocess([video[0]["image"]]).tensor)
+    feature_bytes = sum(x.numel() * x.element_size() for x in per_frame.values())
+    del per_frame
+    backbone = _Timer(model.backbone, device)
+    aggregation = _Timer(model.temporal_aggregation, device)
+
+    _synchronize(device)
+    start = time.perf_counter()
+    outputs = list(run_on_video(model, video))
+    _synchronize(device)
+    seconds = time.perf_counter() - start
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        peak = _rss_kib("VmHWM") * 1024 - base
+    assert len(outputs) == len(video)
+    before, after = cfg.MODEL.VIDEO.TEST_WINDOW
+    return {
+        "aggregation": cfg.MODEL.VIDEO.AGGREGATION,
+        "window": [before, after],
+        "s_per_frame": seconds / frames,
+        "backbone_s_per_frame": backbone.seconds / frames,
+        "aggregation_s_per_frame": aggregation.seconds / frames,
+        "peak_mib": peak / MIB,
+        "cache_bound_mib": (before + after + 1) * feature_bytes / MIB,
+    }
+
+
+def _run_isolated(pool_args):
+    """Each measurement in a fresh process: its peak memory is its own."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(measure, pool_args)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("--config-file", default="configs/stsn_R50_DC5.yaml")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=int, nargs=2, default=(600, 1000), help="frame H W")
+    parser.add_argument("--k", type=int, nargs="+", default=(1, 4, 13), help="STSN windows K")
+    parser.add_argument("--frames", type=int, default=30, help="frames of the timed video")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--json", help="also write the numbers to this file")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    args = parser.parse_args()
+
+    cfg = get_cfg()
+    add_vod_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.MODEL.DEVICE = args.device
+
+    def stsn_opts(k):
+        return ["MODEL.VIDEO.AGGREGATION", "STSNAggregation", "MODEL.VIDEO.TEST_WINDOW", (k, k)]
+
+    runs = [
+        ("SSN", ["MODEL.VIDEO.AGGREGATION", "SSNAggregation", "MODEL.VIDEO.TEST_WINDOW", (0, 0)])
+    ]
+    runs += [(f"STSN K={k}", stsn_opts(k)) for k in args.k]
+    # The largest window with all its pairs in one pass: what PAIRS_PER_PASS saves.
+    runs.append(
+        (f"K={max(args.k)} 1 pass", stsn_opts(max(args.k)) + ["MODEL.STSN.PAIRS_PER_PASS", 0])
+    )
+    common = (tuple(args.size), args.frames, args.warmup, args.threads)
+    results = {
+        "device": torch.cuda.get_device_name(args.device) if "cuda" in args.device else "cpu",
+        "threads": args.threads,
+        "config": args.config_file,
+        "size": list(args.size),
+        "frames": args.frames,
+        "pairs_per_pass": cfg.MODEL.STSN.PAIRS_PER_PASS,
+        "runs": {name: _run_isolated((cfg, opts, *common)) for name, opts in runs},
+    }
+
+    base = results["runs"]["SSN"]
+    print(
+        f"{results['device']}, {args.threads} threads, {args.config_file}, frames "
+        f"{args.size[0]}x{args.size[1]}, {args.frames} frames, "
+        f"{results['pairs_per_pass']} pairs per pass"
+    )
+    header = ["model", "s/frame", "x SSN", "backbone", "aggreg.", "rest", "peak MiB", "cache MiB"]
+    print(f"{header[0]:<12}" + "".join(f"{h:>10}" for h in header[1:]))
+    for name, r in results["runs"].items():
+        rest = r["s_per_frame"] - r["backbone_s_per_frame"] - r["aggregation_s_per_frame"]
+        cells = [
+            f"{r['s_per_frame']:.4f}",
+            f"{r['s_per_frame'] / base['s_per_frame']:.2f}",
+            f"{r['backbone_s_per_frame']:.4f}",
+            f"{r['aggregation_s_per_frame']:.4f}",
+            f"{rest:.4f}",
+            f"{r['peak_mib']:.1f}",
+            f"{r['cache_bound_mib']:.1f}",
+        ]
+        print(f"{name:<12}" + "".join(f"{c:>10}" for c in cells))
+    print("frames per window 2K+1: " + ", ".join(f"K={k}: {2 * k + 1}" for k in args.k))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
