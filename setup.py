@@ -43,7 +43,7 @@ def _nvidia_wheel_includes() -> list[str]:
 def get_extensions():
     sources = [os.path.join(CSRC, "vision.cpp")]
     sources += sorted(glob.glob(os.path.join(CSRC, "*", "*.cpp")))
-    extra_compile_args = {"cxx": ["-O3"]}
+    extra_compile_args = {"cxx": ["-O3", "-g0"]}
     define_macros = []
     extension = CppExtension
     if _build_cuda():

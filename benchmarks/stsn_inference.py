@@ -30,7 +30,6 @@ from detectron2.modeling import build_model
 
 from vod_d2 import add_vod_config
 from vod_d2.engine import run_on_video
-from vod_d2.modeling.temporal import stsn  # noqa: F401  (registers STSN and SSN)
 
 MIB = 2.0**20
 

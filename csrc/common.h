@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 
 #if defined(__CUDACC__)
 #define VOD_HOST_DEVICE __host__ __device__

@@ -59,6 +59,8 @@ def _add_test_config(cfg):
     cfg.TEST.VID_EVAL.DUMP_DETECTIONS = True
     # Frames on either side that define an object's motion IoU (FGFA's motion-speed bins).
     cfg.TEST.VID_EVAL.MOTION_FRAMES = 10
+    # Also compute COCO AP/AP50/AP75 with pycocotools (about an hour on full ImageNet VID val).
+    cfg.TEST.VID_EVAL.COCO_METRICS = True
 
 
 def _add_stsn_config(cfg):

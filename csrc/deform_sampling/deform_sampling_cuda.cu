@@ -38,7 +38,8 @@ Grid make_grid(const at::Tensor& features, const at::Tensor& offsets) {
 }
 
 template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t interpolate(const scalar_t* plane, const BilinearSample<acc_t>& s) {
+__device__ __forceinline__ acc_t interpolate(const scalar_t* plane,
+                                             const BilinearSample<acc_t>& s) {
   return s.weight[0] * static_cast<acc_t>(plane[s.index[0]]) +
          s.weight[1] * static_cast<acc_t>(plane[s.index[1]]) +
          s.weight[2] * static_cast<acc_t>(plane[s.index[2]]) +
@@ -61,7 +62,8 @@ __global__ void gather_kernel(int64_t total, Grid grid, const scalar_t* __restri
     for (int64_t n = 0; n < grid.num_points; ++n) {
       const auto s = sample_location<scalar_t, acc_t>(offsets, grid.shared, b, n, p,
                                                       grid.num_points, grid.height, grid.width);
-      sum += static_cast<acc_t>(weights[(b * grid.num_points + n) * hw + p]) * interpolate(plane, s);
+      const acc_t weight = static_cast<acc_t>(weights[(b * grid.num_points + n) * hw + p]);
+      sum += weight * interpolate(plane, s);
     }
     output[i] = sum;
   }

@@ -2,6 +2,8 @@
 // weighted gather and backward in the device primitives of temporal_roi_align.h.
 #include "temporal_roi_align/temporal_roi_align.h"
 
+#include <ATen/TensorIndexing.h>
+
 #include <algorithm>
 #include <optional>
 
@@ -40,11 +42,15 @@ void check_inputs(const char* op, const at::Tensor& roi_features,
   }
 }
 
-// (N, C, ...) -> (N * prod(...), C) in the opmath dtype: one row per cell.
+// (N, C, ...) -> (N * prod(...), C) in the opmath dtype, contiguous: one row per cell. (The
+// reshape is only a strided view when N == 1, hence the explicit contiguous().)
 at::Tensor cells_of(const at::Tensor& features) {
   const int64_t channels = features.size(1);
-  return features.flatten(2).transpose(1, 2).reshape({-1, channels}).to(
-      at::toOpMathType(features.scalar_type()));
+  return features.flatten(2)
+      .transpose(1, 2)
+      .reshape({-1, channels})
+      .to(at::toOpMathType(features.scalar_type()))
+      .contiguous();
 }
 
 at::Tensor clamped(const at::Tensor& norm) { return norm.clamp_min(kNormEps); }
@@ -97,7 +103,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_roi_align_forward(
     const auto support_t = support.hat[b].t();
     for (int64_t chunk = start; chunk < end; chunk += rois_per_chunk) {
       const auto ids = order.slice(0, chunk, std::min(end, chunk + rois_per_chunk));
-      auto q = cells_of(roi_features.index_select(0, ids));
+      // Advanced indexing rather than index_select, which is far slower on CPU for large rows.
+      auto q = cells_of(roi_features.index({ids}));
       q = q / clamped(at::linalg_vector_norm(q, 2, {-1})).unsqueeze(-1);
       const auto selected = tra_topk(at::mm(q, support_t), k);
       topk_sim.index_copy_(0, ids, std::get<0>(selected).view({-1, cells, k}));

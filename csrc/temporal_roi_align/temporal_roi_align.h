@@ -2,19 +2,21 @@
 //
 // For every cell m of target RoI r (features (R, C, S, S)) and the support map of its image
 // b = roi_batch_index[r] (features (B, C, H, W)):
-//   cos[p]     = <q / |q|, F[b, :, p] / |F[b, :, p]|>   over all H * W locations p, q = roi[r, :, m]
+//   cos[p]     = <q / |q|, F[b, :, p] / |F[b, :, p]|>  for all H * W locations p, q = roi[r, :, m]
 //   p_1..p_K   = the K most similar locations (ties: lower flat index first)
 //   out[r, :, m] = sum_k softmax_k(cos[p_k]) * F[b, :, p_k]
 // Norms are clamped at kNormEps (as torch.nn.functional.normalize). The selection is not
 // differentiated; gradients flow to both feature maps through the weights and the averaged values.
 //
 // Why this layout: the usual implementation builds the (R * S * S) x (H * W) similarity matrix
-// (141 MiB in float for R = 300, S = 7 and a 38 x 63 map) plus an (R * S * S, K, C) gather. Here the
-// similarities are computed by a GEMM on chunks of at most kSimilarityChunk entries and reduced at
-// once to their top K by a streaming selection that keeps K <= kMaxTopK candidates in local arrays;
-// only (R * S * S, K) similarities and indices are stored, for the backward pass. Using the vendor
-// GEMM (MKL/cuBLAS) per chunk keeps the speed of the dense implementation, which a hand-written
-// fused dot-product loop would not. The backward pass needs no similarity matrix at all.
+// (141 MiB in float for R = 300, S = 7 and a 38 x 63 map) plus an (R * S * S, K, C) gather. Here
+// the similarities are computed by a GEMM on chunks of at most kSimilarityChunk entries (16 MiB
+// in float) and reduced at once to their top K by a streaming selection that keeps K <= kMaxTopK
+// candidates in local arrays (registers / local memory on CUDA); only the (R * S * S, K)
+// similarities and indices are stored, for the backward pass, and the weighted average reads the
+// K rows directly (no gather tensor). Using the vendor GEMM (MKL/cuBLAS) per chunk keeps the speed
+// of the dense implementation, which a hand-written fused dot-product loop would not reach. The
+// backward pass needs no similarity matrix at all.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -5,10 +5,10 @@ import torch
 
 from vod_d2.layers import (
     DeformableSimilaritySampling,
+    _ext,
     deformable_similarity_sampling,
     deformable_similarity_sampling_reference,
 )
-from vod_d2.layers import _ext
 
 requires_extension = pytest.mark.skipif(
     not _ext.extension_available(), reason="vod_d2._C is not built"
@@ -19,8 +19,21 @@ requires_cuda = pytest.mark.skipif(
 )
 
 
-def _inputs(device, dtype=torch.float64, b=2, cq=3, c=4, h=5, w=6, n=4, per_position=False,
-            scale=4.0, contiguous=True, positive=False, seed=0):
+def _inputs(
+    device,
+    dtype=torch.float64,
+    b=2,
+    cq=3,
+    c=4,
+    h=5,
+    w=6,
+    n=4,
+    per_position=False,
+    scale=4.0,
+    contiguous=True,
+    positive=False,
+    seed=0,
+):
     """Random inputs; offsets in [-scale, scale] reach outside the map on every side."""
     g = torch.Generator().manual_seed(seed)
 
@@ -41,8 +54,9 @@ def _inputs(device, dtype=torch.float64, b=2, cq=3, c=4, h=5, w=6, n=4, per_posi
 def _grads(fn, tensors, seed=1):
     tensors = [t.detach().requires_grad_() for t in tensors]
     out = fn(*tensors)
-    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
-                         dtype=out.dtype).to(out.device)
+    weight = torch.randn(
+        out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype
+    ).to(out.device)
     (out * weight).sum().backward()
     return out.detach(), [t.grad for t in tensors]
 
@@ -51,8 +65,12 @@ def check_parity(device):
     for per_position in (False, True):
         for normalization in ("softmax", "sum"):
             for contiguous in (True, False):
-                inputs = _inputs(device, per_position=per_position, contiguous=contiguous,
-                                 positive=normalization == "sum")
+                inputs = _inputs(
+                    device,
+                    per_position=per_position,
+                    contiguous=contiguous,
+                    positive=normalization == "sum",
+                )
                 assert contiguous or not inputs[0].is_contiguous()
                 out, grads = _grads(
                     lambda *t: deformable_similarity_sampling(*t, normalization=normalization),
@@ -66,8 +84,9 @@ def check_parity(device):
                 )
                 case = f"per_position={per_position} {normalization} contiguous={contiguous}"
                 torch.testing.assert_close(out, ref, msg=case)
-                for name, grad, ref_grad in zip(("query", "key", "value", "offsets"), grads,
-                                                ref_grads):
+                for name, grad, ref_grad in zip(
+                    ("query", "key", "value", "offsets"), grads, ref_grads
+                ):
                     torch.testing.assert_close(grad, ref_grad, msg=f"{case}: grad of {name}")
 
 
@@ -84,8 +103,9 @@ def test_parity_cuda():
 
 def check_gradcheck(fn, device):
     for per_position in (False, True):
-        query, key, value, offsets = _inputs(device, b=1, cq=2, c=2, h=4, w=5, n=3,
-                                             per_position=per_position, scale=2.0)
+        query, key, value, offsets = _inputs(
+            device, b=1, cq=2, c=2, h=4, w=5, n=3, per_position=per_position, scale=2.0
+        )
         # Keep the locations away from integers, where bilinear sampling has a kink.
         offsets = offsets.round() + 0.37
         tensors = [t.detach().requires_grad_() for t in (query, key, value, offsets)]
@@ -146,8 +166,9 @@ def check_peaked_affinity_is_identity(fn, device):
     h, w = 3, 4
     code = 20.0 * torch.eye(h * w, dtype=torch.float64, device=device).view(1, h * w, h, w)
     value = torch.randn(1, 5, h, w, dtype=torch.float64).to(device)
-    offsets = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [-0.5, 0.5]], dtype=torch.float64,
-                           device=device)
+    offsets = torch.tensor(
+        [[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [-0.5, 0.5]], dtype=torch.float64, device=device
+    )
     torch.testing.assert_close(fn(code, code, value, offsets), value)
 
 
@@ -247,8 +268,9 @@ def test_bad_inputs():
 def test_module():
     torch.manual_seed(0)
     module = DeformableSimilaritySampling(num_points=9, init="grid").double()
-    expected = torch.tensor([[dy, dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)],
-                            dtype=torch.float64)
+    expected = torch.tensor(
+        [[dy, dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], dtype=torch.float64
+    )
     assert torch.equal(module.offsets.detach(), expected)
     assert "num_points=9" in repr(module)
     query, key, value, _ = _inputs("cpu", n=9)
@@ -260,3 +282,23 @@ def test_module():
         DeformableSimilaritySampling(num_points=5, init="grid")
     with pytest.raises(ValueError, match="init"):
         DeformableSimilaritySampling(init="uniform-ish")
+
+
+@requires_extension
+def test_kernel_checks_its_inputs():
+    # Direct torch.ops calls skip the Python checks; the C++ op still refuses bad input.
+    query, key, value, offsets = _inputs("cpu")
+    with pytest.raises(RuntimeError, match="offsets must be"):
+        torch.ops.vod_d2.deform_similarity_forward(query, key, offsets[:, :1])
+    with pytest.raises(RuntimeError, match="same dtype"):
+        torch.ops.vod_d2.deform_aggregate_forward(value[:, :4].float(), value, offsets)
+
+
+def test_reference_indexes_large_half_maps():
+    # 40 x 60 = 2400 positions: flat indices above 2048 are not representable in float16.
+    value = torch.randn(1, 2, 40, 60)
+    offsets = torch.tensor([[1.0, -2.0]])
+    out = deformable_similarity_sampling_reference(
+        value.half(), value.half(), value.half(), offsets.half()
+    )
+    assert torch.equal(out.float(), _shifted(value.half().float(), 1, -2))

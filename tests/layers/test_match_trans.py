@@ -5,12 +5,12 @@ import torch
 
 from vod_d2.layers import (
     MatchTransAlign,
+    _ext,
     local_aggregate,
     local_aggregate_reference,
     local_correlation,
     local_correlation_reference,
 )
-from vod_d2.layers import _ext
 from vod_d2.layers.match_trans import window_inside_mask
 
 requires_extension = pytest.mark.skipif(
@@ -33,8 +33,9 @@ def _rand(*shape, device="cpu", dtype=torch.float64, contiguous=True, seed=0):
 def _grads(fn, tensors, seed=1):
     tensors = [t.detach().requires_grad_() for t in tensors]
     out = fn(*tensors)
-    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
-                         dtype=out.dtype).to(out.device)
+    weight = torch.randn(
+        out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype
+    ).to(out.device)
     (out * weight).sum().backward()
     return out.detach(), [t.grad for t in tensors]
 
@@ -181,11 +182,15 @@ def check_low_precision(device):
     for dtype in (torch.float16, torch.bfloat16):
         torch.testing.assert_close(
             local_correlation(a.to(dtype), b.to(dtype), 2).float(),
-            local_correlation_reference(a, b, 2), atol=0.1, rtol=0.05,
+            local_correlation_reference(a, b, 2),
+            atol=0.1,
+            rtol=0.05,
         )
         torch.testing.assert_close(
             local_aggregate(weights.to(dtype), m.to(dtype), 2).float(),
-            local_aggregate_reference(weights, m, 2), atol=0.1, rtol=0.05,
+            local_aggregate_reference(weights, m, 2),
+            atol=0.1,
+            rtol=0.05,
         )
 
 
@@ -244,3 +249,13 @@ def test_module_arguments():
         MatchTransAlign(normalization="l2")
     with pytest.raises(ValueError, match="k must be"):
         MatchTransAlign(k=-1)
+
+
+@requires_extension
+def test_kernel_checks_its_inputs():
+    # Direct torch.ops calls skip the Python checks; the C++ op still refuses bad input.
+    a, b = _rand(1, 2, 3, 4), _rand(1, 2, 3, 4)
+    with pytest.raises(RuntimeError, match="k must be >= 0"):
+        torch.ops.vod_d2.local_correlation_forward(a, b, -1)
+    with pytest.raises(RuntimeError, match="25 channels"):
+        torch.ops.vod_d2.local_aggregate_forward(_rand(1, 9, 3, 4), b, 2)

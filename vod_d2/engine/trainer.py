@@ -1,7 +1,6 @@
 """VideoTrainer: detectron2's DefaultTrainer with video loaders, evaluator and inference loop."""
 
 import logging
-import os
 from collections import OrderedDict
 
 from detectron2.engine import DefaultTrainer
@@ -51,15 +50,7 @@ class VideoTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return VIDEvaluator(
-            dataset_name,
-            distributed=True,
-            output_dir=output_folder,
-            motion_frames=cfg.TEST.VID_EVAL.MOTION_FRAMES,
-            dump_detections=cfg.TEST.VID_EVAL.DUMP_DETECTIONS,
-        )
+        return VIDEvaluator.from_config(cfg, dataset_name, output_folder)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

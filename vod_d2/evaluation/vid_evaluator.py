@@ -184,8 +184,7 @@ class VIDEvaluator(DatasetEvaluator):
             output_dir=output_dir or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name),
             motion_frames=cfg.TEST.VID_EVAL.MOTION_FRAMES,
             dump_detections=cfg.TEST.VID_EVAL.DUMP_DETECTIONS,
-            # Configs written before the COCO_METRICS key existed keep the default.
-            coco_metrics=cfg.TEST.VID_EVAL.get("COCO_METRICS", True),
+            coco_metrics=cfg.TEST.VID_EVAL.COCO_METRICS,
         )
 
     def reset(self):

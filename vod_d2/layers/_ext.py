@@ -25,7 +25,9 @@ _warned: set[tuple[str, str]] = set()
 def _warn_once(op: str, reason: str) -> None:
     if (op, reason) not in _warned:
         _warned.add((op, reason))
-        logger.warning("%s: %s; using the (slower, more memory hungry) PyTorch reference", op, reason)
+        logger.warning(
+            "%s: %s; using the (slower, more memory hungry) PyTorch reference", op, reason
+        )
 
 
 def extension_available() -> bool:

@@ -71,7 +71,9 @@ def _check_inputs(query, key, value, offsets, normalization):
             f"{key.device}, {value.device}, {offsets.device}"
         )
     if normalization not in NORMALIZATIONS:
-        raise ValueError(f"{op}: normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        raise ValueError(
+            f"{op}: normalization must be one of {NORMALIZATIONS}, got {normalization!r}"
+        )
 
 
 def _normalize(similarity, normalization, eps):
@@ -173,7 +175,9 @@ def bilinear_sample_reference(features, y, x):
         (y0 + 1, x0 + 1, ly * lx),
     ):
         valid = inside & (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)
-        index = torch.where(valid, cy * w + cx, torch.zeros_like(cy)).long()
+        # Integer arithmetic: half precision cannot hold flat indices beyond 2048.
+        zero = torch.zeros_like(cy)
+        index = torch.where(valid, cy, zero).long() * w + torch.where(valid, cx, zero).long()
         gathered = flat.gather(2, index.flatten(1).unsqueeze(1).expand(b, c, -1))
         out = out + gathered.view(b, c, *y.shape[1:]) * (weight * valid).unsqueeze(1)
     return out
@@ -214,9 +218,13 @@ class DeformableSimilaritySampling(nn.Module):
         """
         super().__init__()
         if num_points < 1:
-            raise ValueError(f"DeformableSimilaritySampling: num_points must be >= 1, got {num_points}")
+            raise ValueError(
+                f"DeformableSimilaritySampling: num_points must be >= 1, got {num_points}"
+            )
         if init not in ("gaussian", "grid"):
-            raise ValueError(f"DeformableSimilaritySampling: init must be 'gaussian' or 'grid', got {init!r}")
+            raise ValueError(
+                f"DeformableSimilaritySampling: init must be 'gaussian' or 'grid', got {init!r}"
+            )
         if init == "grid" and math.isqrt(num_points) ** 2 != num_points:
             raise ValueError(
                 f"DeformableSimilaritySampling: a grid needs a square num_points, got {num_points}"

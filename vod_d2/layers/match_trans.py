@@ -135,7 +135,10 @@ def local_correlation_reference(a, b, k):
     height, width = a.shape[2:]
     padded = nn.functional.pad(b, (k, k, k, k))
     return torch.stack(
-        [(a * _shifted(padded, k, dy, dx, height, width)).sum(dim=1) for dy, dx in _displacements(k)],
+        [
+            (a * _shifted(padded, k, dy, dx, height, width)).sum(dim=1)
+            for dy, dx in _displacements(k)
+        ],
         dim=1,
     )
 

@@ -37,7 +37,9 @@ def _check_inputs(roi_features, support_features, roi_batch_index, k):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
     if roi_features.dim() != 4:
-        raise ValueError(f"{op}: roi_features must be (R, C, S, S), got {tuple(roi_features.shape)}")
+        raise ValueError(
+            f"{op}: roi_features must be (R, C, S, S), got {tuple(roi_features.shape)}"
+        )
     if support_features.dim() != 4:
         raise ValueError(
             f"{op}: support_features must be (B, C, H, W), got {tuple(support_features.shape)}"
@@ -115,7 +117,7 @@ def temporal_roi_align(roi_features, support_features, roi_batch_index, k):
     _check_inputs(roi_features, support_features, roi_batch_index, k)
     if not _ext.use_kernel("temporal_roi_align", roi_features.device):
         return temporal_roi_align_reference(roi_features, support_features, roi_batch_index, k)
-    # The compiled op checks the index range itself.
+    _check_batch_index(roi_batch_index, support_features.shape[0])
     return _TemporalRoIAlign.apply(roi_features, support_features, roi_batch_index, k)
 
 

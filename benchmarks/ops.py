@@ -1,0 +1,228 @@
+#!/usr/bin/env python
+"""Time and peak memory of vod_d2's compiled ops against their PyTorch references.
+
+Paper-sized shapes on a stride-16 map of a ~600 x 1000 frame (38 x 63):
+  * deformable similarity sampling (LSTS): query/key C' = 256 (the embedded features), value
+    C = 1024, N = 9 shared or per-position offsets;
+  * MatchTrans (STMN): C = 512, k = 2, local correlation and local aggregation;
+  * temporal RoIAlign (SparseVOD): C = 1024, R = 100 and 300 RoIs of S = 7, K = 4 and 9.
+
+"forward" runs under torch.no_grad() (inference); "fwd+bwd" runs forward and backward with inputs
+that require grad. Times are medians over the repeats. Peak memory is the increase over the
+memory held before the call: on CUDA from torch.cuda.max_memory_allocated, on CPU from the
+process's peak resident set (VmHWM, reset through /proc/self/clear_refs before each call, with
+glibc told to unmap freed blocks), which also counts allocator and page-granularity overheads.
+
+Usage: python benchmarks/ops.py [--quick] [--device cpu|cuda|all] [--repeats N]
+"""
+
+import argparse
+import ctypes
+import gc
+import statistics
+import sys
+import time
+
+import torch
+
+from vod_d2.layers import (
+    _ext,
+    deformable_similarity_sampling,
+    deformable_similarity_sampling_reference,
+    local_aggregate,
+    local_aggregate_reference,
+    local_correlation,
+    local_correlation_reference,
+    temporal_roi_align,
+    temporal_roi_align_reference,
+)
+
+HEIGHT, WIDTH = 38, 63
+MIB = 1024**2
+
+
+def _read_status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _release_freed_memory():
+    """Have glibc unmap every freed block >= 128 KiB, so the resident set tracks live tensors.
+
+    (By default glibc raises its mmap threshold after large frees and keeps later blocks in its
+    heap, which would hide repeated allocations from VmHWM.)
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except OSError:
+        pass
+
+
+class CpuPeak:
+    """Peak resident memory added during a block, from VmHWM (Linux)."""
+
+    def __enter__(self):
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident size
+        self.base = _read_status_kib("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        self.peak_bytes = (_read_status_kib("VmHWM") - self.base) * 1024
+
+
+class CudaPeak:
+    """Peak CUDA memory allocated during a block, from torch.cuda.max_memory_allocated."""
+
+    def __enter__(self):
+        gc.collect()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        self.base = torch.cuda.memory_allocated()
+        return self
+
+    def __exit__(self, *exc):
+        torch.cuda.synchronize()
+        self.peak_bytes = torch.cuda.max_memory_allocated() - self.base
+
+
+def _run(fn, inputs, backward, grad_output):
+    if not backward:
+        with torch.no_grad():
+            return fn(*inputs)
+    out = fn(*inputs)
+    out.backward(grad_output)
+    return None
+
+
+def measure(fn, make_inputs, backward, device, repeats):
+    """(median seconds, peak bytes) of fn(*inputs) [+ backward]."""
+    inputs = make_inputs()
+    if backward:
+        inputs = [t.requires_grad_() if t.is_floating_point() else t for t in inputs]
+    with torch.no_grad():
+        grad_output = torch.randn_like(fn(*inputs)) if backward else None
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    _run(fn, inputs, backward, grad_output)  # warm-up
+    times = []
+    for _ in range(repeats):
+        for t in inputs:
+            t.grad = None
+        sync()
+        start = time.perf_counter()
+        _run(fn, inputs, backward, grad_output)
+        sync()
+        times.append(time.perf_counter() - start)
+    for t in inputs:
+        t.grad = None
+    with CudaPeak() if device == "cuda" else CpuPeak() as peak:
+        _run(fn, inputs, backward, grad_output)
+    return statistics.median(times), peak.peak_bytes
+
+
+def cases(device, dtype=torch.float32):
+    """(name, make_inputs, kernel, reference) at paper-sized shapes."""
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype).to(device)
+
+    def lsts(per_position):
+        def make():
+            offsets = rand(1, 18, HEIGHT, WIDTH) if per_position else rand(9, 2)
+            return [
+                rand(1, 256, HEIGHT, WIDTH),
+                rand(1, 256, HEIGHT, WIDTH),
+                rand(1, 1024, HEIGHT, WIDTH),
+                2 * offsets,
+            ]
+
+        return make
+
+    def match_trans(window_channels):
+        return lambda: [rand(1, window_channels, HEIGHT, WIDTH), rand(1, 512, HEIGHT, WIDTH)]
+
+    def roi_align(num_rois):
+        index = torch.zeros(num_rois, dtype=torch.int64, device=device)
+        return lambda: [rand(num_rois, 1024, 7, 7), rand(1, 1024, HEIGHT, WIDTH), index]
+
+    yield (
+        "deform sampling N=9 shared",
+        lsts(False),
+        deformable_similarity_sampling,
+        deformable_similarity_sampling_reference,
+    )
+    yield (
+        "deform sampling N=9 per-pixel",
+        lsts(True),
+        deformable_similarity_sampling,
+        deformable_similarity_sampling_reference,
+    )
+    yield (
+        "local_correlation k=2 C=512",
+        match_trans(512),
+        lambda a, b: local_correlation(a, b, 2),
+        lambda a, b: local_correlation_reference(a, b, 2),
+    )
+    yield (
+        "local_aggregate k=2 C=512",
+        match_trans(25),
+        lambda w, m: local_aggregate(w, m, 2),
+        lambda w, m: local_aggregate_reference(w, m, 2),
+    )
+    for num_rois in (100, 300):
+        for k in (4, 9):
+            yield (
+                f"temporal_roi_align R={num_rois} K={k}",
+                roi_align(num_rois),
+                lambda r, s, i, k=k: temporal_roi_align(r, s, i, k),
+                lambda r, s, i, k=k: temporal_roi_align_reference(r, s, i, k),
+            )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all")
+    parser.add_argument("--repeats", type=int, help="timed runs per measurement")
+    parser.add_argument("--quick", action="store_true", help="one timed run per measurement")
+    args = parser.parse_args()
+    _release_freed_memory()
+    if not _ext.extension_available():
+        sys.exit("vod_d2._C is not built: pip install --no-build-isolation -e .")
+    devices = ["cpu"] if args.device in ("cpu", "all") else []
+    if args.device in ("cuda", "all") and torch.cuda.is_available() and _ext.extension_has_cuda():
+        devices.append("cuda")
+    elif args.device == "cuda":
+        sys.exit("needs a GPU and vod_d2._C built with CUDA")
+
+    header = (
+        f"{'device':6} {'op':34} {'pass':8} {'kernel ms':>10} {'ref ms':>10} {'speedup':>8}"
+        f" {'kernel MiB':>11} {'ref MiB':>9} {'mem ratio':>9}"
+    )
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, float32; "
+        f"map {HEIGHT}x{WIDTH}"
+    )
+    print(header)
+    print("-" * len(header))
+    for device in devices:
+        repeats = args.repeats or (1 if args.quick else (3 if device == "cpu" else 20))
+        for name, make_inputs, kernel, reference in cases(device):
+            for backward in (False, True):
+                k_time, k_mem = measure(kernel, make_inputs, backward, device, repeats)
+                r_time, r_mem = measure(reference, make_inputs, backward, device, repeats)
+                ratio = f"{k_mem / r_mem:9.3f}" if r_mem > 0 else f"{'n/a':>9}"
+                print(
+                    f"{device:6} {name:34} {'fwd+bwd' if backward else 'forward':8}"
+                    f" {k_time * 1e3:10.1f} {r_time * 1e3:10.1f} {r_time / k_time:7.1f}x"
+                    f" {k_mem / MIB:11.1f} {r_mem / MIB:9.1f} {ratio}",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
