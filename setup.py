@@ -67,7 +67,7 @@ def get_extensions():
 setup(
     name="vod_d2",
     version="0.1.0",
-    description="Video object detection on detectron2: STSN, STMN, LSTS, Impression, SparseVOD",
+    description="Video object detection on detectron2",
     packages=find_packages(exclude=("tests", "tests.*", "configs", "benchmarks", "demo")),
     python_requires=">=3.10",
     ext_modules=get_extensions(),
