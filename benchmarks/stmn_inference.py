@@ -23,30 +23,10 @@ import json
 import time
 
 import torch
-from detectron2.config import get_cfg
+from _streaming import add_arguments, device_name, load_config, random_video, synchronize
 from detectron2.modeling import build_model
 
-from vod_d2 import add_vod_config
 from vod_d2.engine import run_on_video
-
-
-def _synchronize(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _video(num_frames, height, width, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [
-        {
-            "image": torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8),
-            "height": height,
-            "width": width,
-            "video_id": "benchmark",
-            "frame_idx": t,
-        }
-        for t in range(num_frames)
-    ]
 
 
 def _build(cfg, opts=()):
@@ -59,10 +39,10 @@ def _build(cfg, opts=()):
 def time_per_frame(model, video, warmup, device):
     """Seconds per frame of streaming ``video`` (after ``warmup`` frames) through ``model``."""
     list(run_on_video(model, video[:warmup]))
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     outputs = list(run_on_video(model, video))
-    _synchronize(device)
+    synchronize(device)
     assert len(outputs) == len(video)
     return (time.perf_counter() - start) / len(video)
 
@@ -76,33 +56,22 @@ def paper_protocol_overhead(model, image, length, repeats, device):
     directions = [m for m in (module.forward_memory, module.backward_memory) if m is not None]
     for direction in directions:
         direction(sequence)
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         for direction in directions:
             direction(sequence)
-    _synchronize(device)
+    synchronize(device)
     return (time.perf_counter() - start) / (repeats * length)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
-    parser.add_argument("--config-file", default="configs/stmn_R50_DC5.yaml")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--size", type=int, nargs=2, default=(600, 1000), help="frame H W")
-    parser.add_argument("--frames", type=int, default=30, help="frames of the timed video")
-    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--paper-length", type=int, default=11, help="T of the paper protocol")
-    parser.add_argument("--json", help="also write the numbers to this file")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    add_arguments(parser, "configs/stmn_R50_DC5.yaml")
     args = parser.parse_args()
-
-    cfg = get_cfg()
-    add_vod_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = args.device
-    video = _video(args.frames, *args.size)
+    cfg = load_config(args)
+    video = random_video(args.frames, *args.size)
 
     single = _build(
         cfg,
@@ -111,7 +80,7 @@ def main():
     stmn = _build(cfg)
     no_align = _build(cfg, ["MODEL.STMN.MATCHTRANS.ENABLED", False])
     results = {
-        "device": torch.cuda.get_device_name(args.device) if "cuda" in args.device else "cpu",
+        "device": device_name(args.device),
         "threads": torch.get_num_threads(),
         "config": args.config_file,
         "size": list(args.size),

@@ -25,32 +25,12 @@ import multiprocessing
 import time
 
 import torch
-from detectron2.config import get_cfg
+from _streaming import add_arguments, device_name, load_config, random_video, synchronize
 from detectron2.modeling import build_model
 
-from vod_d2 import add_vod_config
 from vod_d2.engine import run_on_video
 
 MIB = 2.0**20
-
-
-def _synchronize(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _video(num_frames, height, width, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [
-        {
-            "image": torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8),
-            "height": height,
-            "width": width,
-            "video_id": "benchmark",
-            "frame_idx": t,
-        }
-        for t in range(num_frames)
-    ]
 
 
 def _rss_kib(field):
@@ -76,10 +56,10 @@ class _Timer:
         forward = module.forward
 
         def timed(*args, **kwargs):
-            _synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             out = forward(*args, **kwargs)
-            _synchronize(device)
+            synchronize(device)
             self.seconds += time.perf_counter() - start
             return out
 
@@ -94,7 +74,7 @@ def measure(cfg, opts, size, frames, warmup, threads):
     device = cfg.MODEL.DEVICE
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    video = _video(frames, *size)
+    video = random_video(frames, *size)
     # Memory is measured from the built model on, warm-up included: memory the allocator keeps
     # after the warm-up would otherwise hide the streaming's own peak from the RSS.
     if device.startswith("cuda"):
@@ -111,10 +91,10 @@ def measure(cfg, opts, size, frames, warmup, threads):
     backbone = _Timer(model.backbone, device)
     aggregation = _Timer(model.temporal_aggregation, device)
 
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     outputs = list(run_on_video(model, video))
-    _synchronize(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated(device) - base
@@ -142,22 +122,11 @@ def _run_isolated(pool_args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
-    parser.add_argument("--config-file", default="configs/stsn_R50_DC5.yaml")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--size", type=int, nargs=2, default=(600, 1000), help="frame H W")
     parser.add_argument("--k", type=int, nargs="+", default=(1, 4, 13), help="STSN windows K")
-    parser.add_argument("--frames", type=int, default=30, help="frames of the timed video")
-    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--json", help="also write the numbers to this file")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    add_arguments(parser, "configs/stsn_R50_DC5.yaml")
     args = parser.parse_args()
-
-    cfg = get_cfg()
-    add_vod_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = args.device
+    cfg = load_config(args)
 
     def stsn_opts(k):
         return ["MODEL.VIDEO.AGGREGATION", "STSNAggregation", "MODEL.VIDEO.TEST_WINDOW", (k, k)]
@@ -172,7 +141,7 @@ def main():
     )
     common = (tuple(args.size), args.frames, args.warmup, args.threads)
     results = {
-        "device": torch.cuda.get_device_name(args.device) if "cuda" in args.device else "cpu",
+        "device": device_name(args.device),
         "threads": args.threads,
         "config": args.config_file,
         "size": list(args.size),

@@ -1,3 +1,4 @@
+import logging
 import os
 from pathlib import Path
 
@@ -30,6 +31,20 @@ def _one_torch_thread():
 def _run_from_repo_root():
     """Tests name configs relative to the repository, as the README's commands do."""
     os.chdir(REPO_ROOT)
+
+
+@pytest.fixture(autouse=True)
+def _keep_log_propagation():
+    """
+    Command-line entry points run in-process call detectron2's ``setup_logger``, which stops
+    the ``vod_d2``/``detectron2`` loggers from propagating; later tests reading records through
+    ``caplog`` would then see none.
+    """
+    loggers = [logging.getLogger(name) for name in ("vod_d2", "detectron2")]
+    propagate = [logger.propagate for logger in loggers]
+    yield
+    for logger, value in zip(loggers, propagate):
+        logger.propagate = value
 
 
 if "WindowMeanAggregation" not in TEMPORAL_AGGREGATION_REGISTRY:

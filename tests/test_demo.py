@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _testing import read_video
 
 cv2 = pytest.importorskip("cv2")
 
@@ -47,18 +48,6 @@ def _write_video(path, frames):
     return str(path)
 
 
-def _read_video(path):
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-    return frames
-
-
 def _run_demo(*args, opts=()):
     torch.manual_seed(0)
     argv = ["--config-file", "configs/synthetic/single_frame.yaml", *args]
@@ -84,7 +73,7 @@ def test_demo_writes_an_annotated_video_and_its_detections(tmp_path):
     )  # fmt: skip
     assert count == 8
     assert sorted(os.listdir(out_dir)) == ["annotated.mp4", "detections.json"]  # no temp file
-    annotated = _read_video(out_dir / "annotated.mp4")
+    annotated = read_video(out_dir / "annotated.mp4")
     assert len(annotated) == 8
     assert all(frame.shape == (*SIZE, 3) for frame in annotated)
     with open(out_dir / "detections.json") as f:
@@ -92,7 +81,7 @@ def test_demo_writes_an_annotated_video_and_its_detections(tmp_path):
     _check_detections(results, 8, 0.1)
     assert {r["video_id"] for r in results} == {video}
     # Each frame is drawn on its own input frame, with boxes where it has detections.
-    decoded = _read_video(video)
+    decoded = read_video(video)
     drawn = {r["frame_idx"] for r in results}
     for t in range(8):
         diff = np.abs(annotated[t].astype(int) - decoded[t])
@@ -138,7 +127,7 @@ def test_demo_frames_to_video(tmp_path):
         cv2.imwrite(paths[-1], frame)
     output = tmp_path / "out.avi"
     _run_demo("--input", str(tmp_path / "*.jpg"), "--output", str(output), "--fps", "4")
-    assert len(_read_video(output)) == 3
+    assert len(read_video(output)) == 3
     assert cv2.VideoCapture(str(output)).get(cv2.CAP_PROP_FPS) == 4
 
 

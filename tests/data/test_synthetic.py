@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+from _testing import read_video
 from detectron2.data import DatasetCatalog
 from PIL import Image
 
@@ -202,16 +203,9 @@ def test_command_line(tmp_path):
 
 
 def test_write_synthetic_video(tmp_path):
-    cv2 = pytest.importorskip("cv2")
+    pytest.importorskip("cv2")
     path = write_synthetic_video(str(tmp_path / "demo.mp4"), num_frames=12, size=(96, 128), seed=1)
-    capture = cv2.VideoCapture(path)
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
+    frames = read_video(path)
     assert len(frames) == 12
     assert all(f.shape == (96, 128, 3) for f in frames)
     assert not np.array_equal(frames[0], frames[-1])  # things move

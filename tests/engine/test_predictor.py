@@ -3,6 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _testing import count_backbone_calls
 
 from vod_d2.data import VideoDatasetMapper
 from vod_d2.engine import VideoPredictor, VideoReader, run_on_video
@@ -39,18 +40,6 @@ def _predictor(cfg, aggregation="WindowMeanAggregation", window=(2, 2), **option
     return VideoPredictor(cfg.clone())
 
 
-def _count_backbone_calls(model):
-    calls = []
-    forward = model.backbone.forward
-
-    def counting(x):
-        calls.append(x.shape[0])
-        return forward(x)
-
-    model.backbone.forward = counting
-    return calls
-
-
 MODELS = {
     "offline": ("WindowMeanAggregation", (2, 2)),
     "online": ("WindowMeanAggregation", (3, 0)),
@@ -61,7 +50,7 @@ MODELS = {
 @pytest.mark.parametrize("kind", sorted(MODELS))
 def test_video_file_gives_one_result_per_frame_in_order(tiny_cfg, tmp_path, kind):
     predictor = _predictor(tiny_cfg, *MODELS[kind])
-    calls = _count_backbone_calls(predictor.model)
+    calls = count_backbone_calls(predictor.model)
     video = _write_video(tmp_path / "clip.mp4", _frames(8))
     results = list(predictor.run_video(video))
     assert calls == [1] * 8
@@ -205,7 +194,7 @@ def test_video_reader_counts_and_rereads_frames(tmp_path):
 )
 def test_real_full_hd_video_end_to_end(tiny_cfg):
     predictor = _predictor(tiny_cfg, window=(1, 1), **{"INPUT.MIN_SIZE_TEST": 128})
-    calls = _count_backbone_calls(predictor.model)
+    calls = count_backbone_calls(predictor.model)
     results = list(predictor.run_video(REAL_VIDEO))
     assert calls == [1] * 8
     assert [t for t, _ in results] == list(range(8))

@@ -2,20 +2,13 @@ import logging
 
 import pytest
 import torch
+from _testing import requires_cuda, requires_extension
 
 from vod_d2.layers import (
     DeformableSimilaritySampling,
     _ext,
     deformable_similarity_sampling,
     deformable_similarity_sampling_reference,
-)
-
-requires_extension = pytest.mark.skipif(
-    not _ext.extension_available(), reason="vod_d2._C is not built"
-)
-requires_cuda = pytest.mark.skipif(
-    not (torch.cuda.is_available() and _ext.extension_has_cuda()),
-    reason="needs a GPU and vod_d2._C built with CUDA",
 )
 
 

@@ -2,6 +2,7 @@ import logging
 
 import pytest
 import torch
+from _testing import requires_cuda, requires_extension
 
 from vod_d2.layers import (
     MatchTransAlign,
@@ -12,14 +13,6 @@ from vod_d2.layers import (
     local_correlation_reference,
 )
 from vod_d2.layers.match_trans import window_inside_mask
-
-requires_extension = pytest.mark.skipif(
-    not _ext.extension_available(), reason="vod_d2._C is not built"
-)
-requires_cuda = pytest.mark.skipif(
-    not (torch.cuda.is_available() and _ext.extension_has_cuda()),
-    reason="needs a GPU and vod_d2._C built with CUDA",
-)
 
 
 def _rand(*shape, device="cpu", dtype=torch.float64, contiguous=True, seed=0):

@@ -3,16 +3,9 @@ import math
 
 import pytest
 import torch
+from _testing import requires_cuda, requires_extension
 
 from vod_d2.layers import TemporalRoIAlign, _ext, temporal_roi_align, temporal_roi_align_reference
-
-requires_extension = pytest.mark.skipif(
-    not _ext.extension_available(), reason="vod_d2._C is not built"
-)
-requires_cuda = pytest.mark.skipif(
-    not (torch.cuda.is_available() and _ext.extension_has_cuda()),
-    reason="needs a GPU and vod_d2._C built with CUDA",
-)
 
 
 def _inputs(device, r=5, c=6, s=3, b=2, h=4, w=5, dtype=torch.float64, contiguous=True, seed=0):

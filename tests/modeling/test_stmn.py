@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _testing import count_backbone_calls, random_video
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
@@ -289,20 +290,6 @@ def _build(cfg):
     return build_model(cfg).eval()
 
 
-def _video(num_frames, seed, size=(64, 80)):
-    g = torch.Generator().manual_seed(seed)
-    return [
-        {
-            "image": torch.randint(0, 256, (3, *size), generator=g, dtype=torch.uint8),
-            "height": size[0],
-            "width": size[1],
-            "video_id": f"v{seed}",
-            "frame_idx": t,
-        }
-        for t in range(num_frames)
-    ]
-
-
 @pytest.mark.parametrize("config_file", STMN_CONFIGS)
 def test_configs_build_stmn_with_heads_on_both_memories(config_file):
     cfg = get_cfg()
@@ -329,19 +316,17 @@ def test_config_switches_pick_the_ablations(tiny_cfg):
 
 def test_backbone_runs_once_per_test_frame(tiny_cfg):
     model = _build(_stmn_cfg(tiny_cfg, window=(3, 3)))
-    calls = []
-    backbone_forward = model.backbone.forward
-    model.backbone.forward = lambda x: calls.append(x.shape[0]) or backbone_forward(x)
-    done = list(run_on_video(model, _video(8, seed=1)))
+    calls = count_backbone_calls(model)
+    done = list(run_on_video(model, random_video(8, seed=1)))
     assert calls == [1] * 8
     assert [meta["frame_idx"] for meta, _ in done] == list(range(8))
 
 
 def test_memory_does_not_leak_into_the_next_video(tiny_cfg):
     model = _build(_stmn_cfg(tiny_cfg))
-    first = [o["instances"] for o in model(_video(5, seed=2))]
-    model(_video(6, seed=3))
-    again = [o["instances"] for o in model(_video(5, seed=2))]
+    first = [o["instances"] for o in model(random_video(5, seed=2))]
+    model(random_video(6, seed=3))
+    again = [o["instances"] for o in model(random_video(5, seed=2))]
     assert sum(len(x) for x in first) > 0
     for a, b in zip(first, again):
         assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
@@ -350,7 +335,7 @@ def test_memory_does_not_leak_into_the_next_video(tiny_cfg):
 
 def test_training_step_reaches_every_memory_weight(tiny_cfg):
     model = _build(_stmn_cfg(tiny_cfg)).train()
-    frames = _video(6, seed=4)
+    frames = random_video(6, seed=4)
     batch = []
     for i, (ref, offsets) in enumerate([(frames[2], [-2, -1, 1, 2]), (frames[0], [0, 0, 1, 2])]):
         instances = Instances((64, 80))

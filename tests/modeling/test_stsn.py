@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _testing import random_video
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
@@ -332,20 +333,6 @@ def test_paper_configs_follow_section_4_1(path):
 # ---------------------------------------------------------------- in VideoRCNN
 
 
-def _video(num_frames, seed=0, size=(64, 80)):
-    g = torch.Generator().manual_seed(seed)
-    return [
-        {
-            "image": torch.randint(0, 256, (3, *size), generator=g, dtype=torch.uint8),
-            "height": size[0],
-            "width": size[1],
-            "video_id": f"v{seed}",
-            "frame_idx": t,
-        }
-        for t in range(num_frames)
-    ]
-
-
 def _model(window=(13, 13), stride=1):
     cfg = _cfg(
         **{
@@ -386,7 +373,7 @@ def test_backbone_runs_once_per_frame_over_a_test_video_at_k13():
         return aggregate(ref, support, offsets)
 
     model.temporal_aggregation.forward = counting
-    done = list(run_on_video(model, _video(31)))
+    done = list(run_on_video(model, random_video(31)))
     assert calls == [1] * 31
     assert [meta["frame_idx"] for meta, _ in done] == list(range(31))
     # The cache never holds more than the 2K+1 frames of one window.
@@ -414,7 +401,7 @@ def test_boundary_padding_on_a_three_frame_video():
             return aggregate(ref, support, offsets)
 
         model.temporal_aggregation.forward = recording
-        model(_video(3, seed=k))
+        model(random_video(3, seed=k))
         expected = _padded_windows(3, k, stride)
         assert len(seen) == 3, (k, stride)
         for t, (ref, support, offsets) in enumerate(seen):

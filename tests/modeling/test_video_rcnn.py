@@ -1,23 +1,10 @@
 import torch
+from _testing import count_backbone_calls, random_video
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from vod_d2.engine import run_on_video
-
-
-def _video(num_frames, seed, size=(64, 80)):
-    g = torch.Generator().manual_seed(seed)
-    return [
-        {
-            "image": torch.randint(0, 256, (3, *size), generator=g, dtype=torch.uint8),
-            "height": size[0] * 2,
-            "width": size[1] * 2,
-            "video_id": f"v{seed}",
-            "frame_idx": t,
-        }
-        for t in range(num_frames)
-    ]
 
 
 def _build(cfg, aggregation="WindowMeanAggregation", window=(2, 2)):
@@ -27,23 +14,11 @@ def _build(cfg, aggregation="WindowMeanAggregation", window=(2, 2)):
     return build_model(cfg).eval()
 
 
-def _count_backbone_calls(model):
-    calls = []
-    forward = model.backbone.forward
-
-    def counting(x):
-        calls.append(x.shape[0])
-        return forward(x)
-
-    model.backbone.forward = counting
-    return calls
-
-
 def test_backbone_runs_once_per_frame_and_every_frame_gets_one_result(tiny_cfg):
     for window in [(0, 0), (3, 3), (13, 13), (0, 4)]:
         model = _build(tiny_cfg.clone(), window=window)
-        calls = _count_backbone_calls(model)
-        video = _video(9, seed=1)
+        calls = count_backbone_calls(model)
+        video = random_video(9, seed=1, output_scale=2)
         done = list(run_on_video(model, video))
         assert calls == [1] * 9, window
         assert [meta["frame_idx"] for meta, _ in done] == list(range(9)), window
@@ -53,9 +28,9 @@ def test_backbone_runs_once_per_frame_and_every_frame_gets_one_result(tiny_cfg):
 
 def test_video_state_does_not_leak_into_the_next_video(tiny_cfg):
     model = _build(tiny_cfg)
-    alone = [o["instances"] for o in model(_video(4, seed=2))]
-    model(_video(5, seed=3))
-    after_other = [o["instances"] for o in model(_video(4, seed=2))]
+    alone = [o["instances"] for o in model(random_video(4, seed=2, output_scale=2))]
+    model(random_video(5, seed=3, output_scale=2))
+    after_other = [o["instances"] for o in model(random_video(4, seed=2, output_scale=2))]
     for a, b in zip(alone, after_other):
         assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
         assert torch.equal(a.scores, b.scores)
@@ -64,13 +39,13 @@ def test_video_state_does_not_leak_into_the_next_video(tiny_cfg):
 def test_window_changes_results_only_through_the_aggregation(tiny_cfg):
     single = _build(tiny_cfg.clone(), aggregation="SingleFrameAggregation", window=(2, 2))
     baseline = _build(tiny_cfg.clone(), aggregation="SingleFrameAggregation", window=(0, 0))
-    video = _video(4, seed=4)
+    video = random_video(4, seed=4, output_scale=2)
     for a, b in zip(single(video), baseline(video)):
         assert torch.equal(a["instances"].scores, b["instances"].scores)
 
 
 def _training_batch(num_support, seed=5):
-    frames = _video(2 * (1 + num_support), seed)
+    frames = random_video(2 * (1 + num_support), seed, output_scale=2)
     batch = []
     for i in range(2):
         ref, *support = frames[i * (1 + num_support) : (i + 1) * (1 + num_support)]
@@ -88,7 +63,7 @@ def _training_batch(num_support, seed=5):
 
 def test_training_runs_backbone_once_over_all_frames_and_backpropagates(tiny_cfg):
     model = _build(tiny_cfg).train()
-    calls = _count_backbone_calls(model)
+    calls = count_backbone_calls(model)
     with EventStorage():
         losses = model(_training_batch(num_support=2))
     assert calls == [6]

@@ -1,0 +1,54 @@
+"""
+Shared pieces of the streaming-inference benchmarks (``stsn_inference.py``,
+``stmn_inference.py``): arguments, config, a random test video and device synchronisation.
+"""
+
+import torch
+from detectron2.config import get_cfg
+
+from vod_d2 import add_vod_config
+
+
+def add_arguments(parser, default_config):
+    """The options both benchmarks take; ``opts`` are config overrides KEY VALUE ..."""
+    parser.add_argument("--config-file", default=default_config)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=int, nargs=2, default=(600, 1000), help="frame H W")
+    parser.add_argument("--frames", type=int, default=30, help="frames of the timed video")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--json", help="also write the numbers to this file")
+    parser.add_argument("opts", nargs="...", help="config overrides KEY VALUE ...")
+
+
+def load_config(args):
+    """The config of ``--config-file`` with the overrides, on ``--device``."""
+    cfg = get_cfg()
+    add_vod_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.MODEL.DEVICE = args.device
+    return cfg
+
+
+def device_name(device):
+    return torch.cuda.get_device_name(device) if "cuda" in device else "cpu"
+
+
+def synchronize(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def random_video(num_frames, height, width, seed=0):
+    """``num_frames`` uint8 frames (3, height, width) in the test-loader's dict format."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "image": torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8),
+            "height": height,
+            "width": width,
+            "video_id": "benchmark",
+            "frame_idx": t,
+        }
+        for t in range(num_frames)
+    ]

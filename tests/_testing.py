@@ -1,0 +1,64 @@
+"""
+Helpers shared by the test modules (importable as ``_testing``: pytest puts ``tests/`` on the
+path for its conftest).
+"""
+
+import pytest
+import torch
+
+from vod_d2.layers import _ext
+
+requires_extension = pytest.mark.skipif(
+    not _ext.extension_available(), reason="vod_d2._C is not built"
+)
+requires_cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and _ext.extension_has_cuda()),
+    reason="needs a GPU and vod_d2._C built with CUDA",
+)
+
+
+def random_video(num_frames, seed=0, size=(64, 80), output_scale=1):
+    """
+    A random video in the test loader's format: ``num_frames`` dicts with a (3, H, W) uint8
+    ``image`` of ``size``, the output ``height``/``width`` ``output_scale`` times the image's,
+    ``video_id`` ``f"v{seed}"`` and ``frame_idx``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "image": torch.randint(0, 256, (3, *size), generator=g, dtype=torch.uint8),
+            "height": size[0] * output_scale,
+            "width": size[1] * output_scale,
+            "video_id": f"v{seed}",
+            "frame_idx": t,
+        }
+        for t in range(num_frames)
+    ]
+
+
+def count_backbone_calls(model):
+    """Wrap ``model.backbone``; returns the list that gets the batch size of every call."""
+    calls = []
+    forward = model.backbone.forward
+
+    def counting(x):
+        calls.append(x.shape[0])
+        return forward(x)
+
+    model.backbone.forward = counting
+    return calls
+
+
+def read_video(path):
+    """All frames of a video file as BGR uint8 arrays (H, W, 3), read with OpenCV."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    return frames
