@@ -9,10 +9,13 @@ same random video through the test API (``model.reset/step/flush``, each frame's
 * ``STMN no-MatchTrans``: the same without alignment.
 
 Each frame here gets the memories of its own centred window (a (5, 5) window runs 6 cell steps
-per direction per frame). The paper instead runs one pass over a batch of T = 11 frames and
-detects on all of them (0.52 s vs 0.83 s per batch on a Titan X: +0.028 s/frame, about 1.6x
-R-FCN); the "paper protocol" line times that: both directions over 11 frames of backbone-sized
-features, divided by 11, added to the single-frame time.
+per direction per frame; the memory-independent ``W * F`` half of each step is computed once per
+frame, by ``STMNAggregation.encode`` as the frame enters the window). The paper instead runs one
+pass over a batch of T = 11 frames and detects on all of them (0.52 s vs 0.83 s per batch on a
+Titan X: +0.028 s/frame, about 1.6x R-FCN); the "paper protocol" line times that: encoding 11
+frames and both directions over them, divided by 11, added to the single-frame time. Windows are
+full only TEST_WINDOW * TEST_STRIDE frames away from the video's ends (pass
+``MODEL.VIDEO.TEST_STRIDE 1`` to time full windows on a short video).
 
     python benchmarks/stmn_inference.py --config-file configs/stmn_R50_DC5.yaml --device cuda
     python benchmarks/stmn_inference.py --config-file configs/synthetic/stmn.yaml --size 128
@@ -49,18 +52,23 @@ def time_per_frame(model, video, warmup, device):
 
 @torch.no_grad()
 def paper_protocol_overhead(model, image, length, repeats, device):
-    """Seconds per frame of both STMN directions run once over ``length`` frames."""
+    """Seconds per frame of encoding ``length`` frames and running both STMN directions once
+    over them."""
     module = model.temporal_aggregation
     features = model.backbone(model._preprocess([image]).tensor)[model.in_feature]
-    sequence = features[:, None].expand(-1, length, -1, -1, -1).contiguous()
-    directions = [m for m in (module.forward_memory, module.backward_memory) if m is not None]
-    for direction in directions:
-        direction(sequence)
+    frames = features.expand(length, -1, -1, -1).contiguous()
+
+    def one_pass():
+        encoded = module.encode(frames)[None]
+        module.run_direction(0, encoded)
+        if module.backward_memory is not None:
+            module.run_direction(1, encoded.flip(1))
+
+    one_pass()
     synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
-        for direction in directions:
-            direction(sequence)
+        one_pass()
     synchronize(device)
     return (time.perf_counter() - start) / (repeats * length)
 

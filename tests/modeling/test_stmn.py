@@ -173,6 +173,12 @@ def _window(seed, b=2, s=4, c=6, h=5, w=6):
     return torch.randn(b, c, h, w, generator=g), torch.randn(b, s, c, h, w, generator=g)
 
 
+def _run(memory, frames):
+    """One direction over (N, T, C, H, W) frames, each projected by its own cell."""
+    projected = memory.cell.project(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])
+    return memory(frames, projected)
+
+
 def test_output_is_forward_and_backward_memory_of_the_ordered_window():
     for matchtrans, cell in itertools.product([True, False], ["STMM", "ConvGRU"]):
         module = _aggregation(matchtrans=matchtrans, cell=cell)
@@ -181,9 +187,27 @@ def test_output_is_forward_and_backward_memory_of_the_ordered_window():
         out = module(ref, support, offsets)
         past = torch.stack([support[:, 2], support[:, 1], ref], dim=1)  # -3, -1, 0
         future = torch.stack([support[:, 0], support[:, 3], ref], dim=1)  # 2, 1, 0
-        expected = torch.cat([module.forward_memory(past), module.backward_memory(future)], 1)
+        expected = torch.cat(
+            [_run(module.forward_memory, past), _run(module.backward_memory, future)], 1
+        )
         assert module.output_shape().channels == 8
         torch.testing.assert_close(out, expected, msg=f"{matchtrans} {cell}")
+
+
+def test_encoded_frames_give_the_memories_of_the_backbone_features():
+    for bidirectional in [True, False]:
+        module = _aggregation(bidirectional=bidirectional)
+        ref, support = _window(7)
+        offsets = torch.tensor([[-2, -1, 1, 2]] * 2)
+        encoded_ref = module.encode(ref)
+        # Features, then W_z F, W_r F, W F of each direction.
+        assert encoded_ref.shape == (2, 6 + (2 if bidirectional else 1) * 3 * 4, 5, 6)
+        torch.testing.assert_close(encoded_ref[:, :6], ref)
+        torch.testing.assert_close(encoded_ref[:, 6:18], module.forward_memory.cell.input_conv(ref))
+        encoded_support = module.encode(support.flatten(0, 1)).unflatten(0, (2, 4))
+        torch.testing.assert_close(
+            module(encoded_ref, encoded_support, offsets), module(ref, support, offsets)
+        )
 
 
 def test_temporal_order_comes_from_the_offsets():
@@ -320,6 +344,18 @@ def test_backbone_runs_once_per_test_frame(tiny_cfg):
     done = list(run_on_video(model, random_video(8, seed=1)))
     assert calls == [1] * 8
     assert [meta["frame_idx"] for meta, _ in done] == list(range(8))
+
+
+def test_each_test_frame_is_projected_once_per_direction(tiny_cfg):
+    model = _build(_stmn_cfg(tiny_cfg, window=(3, 3)))
+    module = model.temporal_aggregation
+    calls = []
+    for direction in (module.forward_memory, module.backward_memory):
+        project = direction.cell.project
+        direction.cell.project = lambda x, project=project: calls.append(len(x)) or project(x)
+    list(run_on_video(model, random_video(8, seed=1)))
+    # Every frame is in up to 7 windows, but W * F is computed when it enters the cache.
+    assert calls == [1] * 16
 
 
 def test_memory_does_not_leak_into_the_next_video(tiny_cfg):

@@ -10,7 +10,8 @@ __all__ = ["FeatureWindow"]
 class FeatureWindow:
     """
     Holds the backbone features of the frames of one video that a pending or future window
-    still needs, so that every frame goes through the backbone exactly once.
+    still needs, so that every frame goes through the backbone exactly once (its
+    ``in_feature`` map as the aggregation module's ``encode`` left it, if it has one).
 
     Frame ``t``'s window is ``t + o`` for each offset ``o`` in ``offsets``, clamped into the
     frames seen so far, which pads the video by repeating its first and last frame. A frame is

@@ -125,10 +125,10 @@ class VideoRCNN(GeneralizedRCNN):
         batch = len(batched_inputs)
         all_features = self.backbone(images.tensor)
         features = {k: v[:batch] for k, v in all_features.items()}
-        support = all_features[self.in_feature][batch:]
-        support = support.reshape(batch, num_support, *support.shape[1:])
+        encoded = self._encode(all_features[self.in_feature])
+        support = encoded[batch:].reshape(batch, num_support, *encoded.shape[1:])
         features[self.in_feature] = self.temporal_aggregation(
-            features[self.in_feature], support, offsets.to(support.device)
+            encoded[:batch], support, offsets.to(support.device)
         )
         ref_images = ImageList(images.tensor[:batch], images.image_sizes[:batch])
 
@@ -180,6 +180,7 @@ class VideoRCNN(GeneralizedRCNN):
             self.reset()
         images = self._preprocess([frame["image"]])
         features = self.backbone(images.tensor)
+        features[self.in_feature] = self._encode(features[self.in_feature])
         meta = {k: v for k, v in frame.items() if k != "image"}
         self._window.push(meta, features, images.image_sizes[0])
         return [self._detect(*item) for item in self._window.pop_ready()]
@@ -192,6 +193,11 @@ class VideoRCNN(GeneralizedRCNN):
         done = [self._detect(*item) for item in self._window.pop_ready(final=True)]
         self._window = None
         return done
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The aggregation module's per-frame ``encode`` of (N, C, H, W) maps, if it has one."""
+        encode = getattr(self.temporal_aggregation, "encode", None)
+        return x if encode is None else encode(x)
 
     def _detect(self, meta: Dict, features: Dict[str, torch.Tensor], image_size, support, offsets):
         """Aggregate one frame's window, run the heads and rescale to the frame's size."""

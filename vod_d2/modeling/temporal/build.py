@@ -22,6 +22,10 @@ return an ``nn.Module`` with:
   - returns (B, C_out, H, W), with ``C_out == output_shape().channels``.
 
 * ``output_shape() -> ShapeSpec`` of the returned feature (same stride as the input).
+* optionally ``encode(x) -> Tensor``: a per-frame, window-independent transform of (N, C, H, W)
+  backbone maps to (N, C_enc, H, W). VideoRCNN then applies it once to every frame (each frame
+  of a training batch; each test frame as it enters the feature window) and passes the encoded
+  maps as ``ref`` and ``support``, so work on a frame is not repeated for every window it is in.
 * ``reset()``: forget any recurrent state; called before the first frame of every test video.
 """
 

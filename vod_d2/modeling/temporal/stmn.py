@@ -14,7 +14,9 @@ carry, so it is not offered.
 
 Test sequence. Every frame is detected with the memories of its own window
 ``MODEL.VIDEO.TEST_WINDOW`` (the authors' "centre" test mode), so the memory never crosses into
-another window or video and :meth:`STMNAggregation.reset` has nothing to forget.
+another window or video and :meth:`STMNAggregation.reset` has nothing to forget. A frame is in
+2K+1 windows, so the memory-independent half of each cell step (``W * F``) is computed once per
+frame by :meth:`STMNAggregation.encode`, which VideoRCNN applies as the frame enters its cache.
 """
 
 from collections import defaultdict
@@ -214,19 +216,18 @@ class SpatialTemporalMemory(nn.Module):
         self.cell = cell
         self.aligner = aligner
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
         """
         Args:
             features (Tensor): (N, T, C_in, H, W) frame features, in the order this memory
                 visits them (T >= 1); the memory starts at zero before the first.
+            projected (Tensor): (N, T, 3 M, H, W) the cell's :meth:`STMMCell.project` of them.
 
         Returns:
             Tensor: (N, M, H, W) the memory after the last frame.
         """
-        n, t = features.shape[:2]
-        projected = self.cell.project(features.flatten(0, 1)).unflatten(0, (n, t))
         memory = None
-        for step in range(t):
+        for step in range(features.shape[1]):
             if memory is not None and self.aligner is not None:
                 memory = self.aligner(features[:, step], features[:, step - 1], memory)
             memory = self.cell(projected[:, step], memory)
@@ -333,11 +334,31 @@ class STMNAggregation(nn.Module):
             "matchtrans_normalization": stmn.MATCHTRANS.NORMALIZATION,
         }
 
+    @property
+    def _directions(self) -> List[SpatialTemporalMemory]:
+        return [m for m in (self.forward_memory, self.backward_memory) if m is not None]
+
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        """
+        The per-frame part of STMN: a frame's features and, for each direction, the
+        memory-independent half of Eq. 1-3 (``[W_z * F, W_r * F, W * F]``). ``VideoRCNN``
+        encodes every frame once as it enters the test window, so a frame seen by 2K+1
+        windows is not projected 2K+1 times.
+
+        Args:
+            features (Tensor): (N, C_in, H, W) backbone features.
+
+        Returns:
+            Tensor: (N, C_in + D * 3 M, H, W), D the number of directions.
+        """
+        return torch.cat([features] + [d.cell.project(features) for d in self._directions], 1)
+
     def forward(self, ref: torch.Tensor, support: torch.Tensor, offsets: torch.Tensor):
         """
         Args:
-            ref (Tensor): (B, C_in, H, W) backbone features of the reference frames.
-            support (Tensor): (B, S, C_in, H, W) backbone features of their support frames.
+            ref (Tensor): (B, C, H, W) features of the reference frames: backbone features
+                (C = C_in) or their :meth:`encode` (C = C_in + D * 3 M), as VideoRCNN passes.
+            support (Tensor): (B, S, C, H, W) the same for their support frames.
             offsets (Tensor): (B, S) int frame offsets ``support - reference`` (their signs and
                 order give the temporal order).
 
@@ -346,16 +367,22 @@ class STMNAggregation(nn.Module):
             memories concatenated, of each reference.
         """
         b, c = ref.shape[:2]
-        if c != self._input_shape.channels:
+        in_channels = self._input_shape.channels
+        encoded_channels = in_channels + 3 * self.memory_channels * len(self._directions)
+        if c not in (in_channels, encoded_channels) or support.shape[2:3] != ref.shape[1:2]:
             raise ValueError(
-                f"STMNAggregation was built for {self._input_shape.channels}-channel features "
-                f"(MODEL.VIDEO.IN_FEATURE), got {tuple(ref.shape)}"
+                f"STMNAggregation was built for {in_channels}-channel features "
+                f"(MODEL.VIDEO.IN_FEATURE) or their {encoded_channels}-channel encoding, got "
+                f"reference {tuple(ref.shape)} and support {tuple(support.shape)}"
             )
         if support.shape[:2] != offsets.shape or support.shape[0] != b:
             raise ValueError(
                 f"support {tuple(support.shape)} and offsets {tuple(offsets.shape)} do not "
                 f"match {b} reference frames"
             )
+        if c == in_channels:
+            ref = self.encode(ref)
+            support = self.encode(support.flatten(0, 1)).unflatten(0, support.shape[:2])
         rows = offsets.tolist()
         groups: Dict[Tuple[int, ...], List[int]] = defaultdict(list)
         for i, row in enumerate(rows):
@@ -381,7 +408,8 @@ class STMNAggregation(nn.Module):
     ) -> torch.Tensor:
         """
         Memories of references whose distinct non-zero offsets are all ``window`` (sorted);
-        ``rows`` are their offsets, which locate each offset's frame in their ``support``.
+        ``ref`` and ``support`` are encoded, ``rows`` are their offsets, which locate each
+        offset's frame in their ``support``.
         """
 
         def sequence(offsets):
@@ -393,11 +421,29 @@ class STMNAggregation(nn.Module):
             return torch.cat([frames, ref[:, None]], dim=1)
 
         past = [o for o in window if o < 0]
-        memories = [self.forward_memory(sequence(past))]
-        if self.backward_memory is not None:
-            future = [o for o in reversed(window) if o > 0]
-            memories.append(self.backward_memory(sequence(future)))
+        future = [o for o in reversed(window) if o > 0]
+        memories = [
+            self.run_direction(i, sequence(offsets))
+            for i, offsets in enumerate((past, future)[: len(self._directions)])
+        ]
         return torch.cat(memories, dim=1)
+
+    def run_direction(self, index: int, frames: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            index: 0 for the forward memory, 1 for the backward one.
+            frames (Tensor): (N, T, C_enc, H, W) encoded frames (:meth:`encode`) in the order the
+                memory visits them.
+
+        Returns:
+            Tensor: (N, M, H, W) the memory after the last frame.
+        """
+        in_channels = self._input_shape.channels
+        projected = 3 * self.memory_channels
+        begin = in_channels + index * projected
+        return self._directions[index](
+            frames[:, :, :in_channels], frames[:, :, begin : begin + projected]
+        )
 
     def output_shape(self) -> ShapeSpec:
         directions = 1 if self.backward_memory is None else 2
