@@ -17,13 +17,12 @@ Usage: python benchmarks/ops.py [--quick] [--device cpu|cuda|all] [--repeats N]
 """
 
 import argparse
-import ctypes
-import gc
 import statistics
 import sys
 import time
 
 import torch
+from _memory import CpuPeak, CudaPeak, release_freed_memory
 
 from vod_d2.layers import (
     _ext,
@@ -39,55 +38,6 @@ from vod_d2.layers import (
 
 HEIGHT, WIDTH = 38, 63
 MIB = 1024**2
-
-
-def _read_status_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _release_freed_memory():
-    """Have glibc unmap every freed block >= 128 KiB, so the resident set tracks live tensors.
-
-    (By default glibc raises its mmap threshold after large frees and keeps later blocks in its
-    heap, which would hide repeated allocations from VmHWM.)
-    """
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except OSError:
-        pass
-
-
-class CpuPeak:
-    """Peak resident memory added during a block, from VmHWM (Linux)."""
-
-    def __enter__(self):
-        gc.collect()
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current resident size
-        self.base = _read_status_kib("VmRSS")
-        return self
-
-    def __exit__(self, *exc):
-        self.peak_bytes = (_read_status_kib("VmHWM") - self.base) * 1024
-
-
-class CudaPeak:
-    """Peak CUDA memory allocated during a block, from torch.cuda.max_memory_allocated."""
-
-    def __enter__(self):
-        gc.collect()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        self.base = torch.cuda.memory_allocated()
-        return self
-
-    def __exit__(self, *exc):
-        torch.cuda.synchronize()
-        self.peak_bytes = torch.cuda.max_memory_allocated() - self.base
 
 
 def _run(fn, inputs, backward, grad_output):
@@ -190,7 +140,7 @@ def main():
     parser.add_argument("--repeats", type=int, help="timed runs per measurement")
     parser.add_argument("--quick", action="store_true", help="one timed run per measurement")
     args = parser.parse_args()
-    _release_freed_memory()
+    release_freed_memory()
     if not _ext.extension_available():
         sys.exit("vod_d2._C is not built: pip install --no-build-isolation -e .")
     devices = ["cpu"] if args.device in ("cpu", "all") else []

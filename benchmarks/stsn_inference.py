@@ -25,27 +25,13 @@ import multiprocessing
 import time
 
 import torch
+from _memory import CpuPeak, CudaPeak
 from _streaming import add_arguments, device_name, load_config, random_video, synchronize
 from detectron2.modeling import build_model
 
 from vod_d2.engine import run_on_video
 
 MIB = 2.0**20
-
-
-def _rss_kib(field):
-    """A field of /proc/self/status (VmRSS, VmHWM) in KiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak_rss():
-    """Make VmHWM restart from the current RSS (Linux >= 4.0)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 class _Timer:
@@ -77,29 +63,21 @@ def measure(cfg, opts, size, frames, warmup, threads):
     video = random_video(frames, *size)
     # Memory is measured from the built model on, warm-up included: memory the allocator keeps
     # after the warm-up would otherwise hide the streaming's own peak from the RSS.
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        _reset_peak_rss()
-        base = _rss_kib("VmRSS") * 1024
-    list(run_on_video(model, video[:warmup]))
-    with torch.no_grad():
-        per_frame = model.backbone(model._preprocess([video[0]["image"]]).tensor)
-    feature_bytes = sum(x.numel() * x.element_size() for x in per_frame.values())
-    del per_frame
-    backbone = _Timer(model.backbone, device)
-    aggregation = _Timer(model.temporal_aggregation, device)
+    peak = CudaPeak() if device.startswith("cuda") else CpuPeak()
+    with peak:
+        list(run_on_video(model, video[:warmup]))
+        with torch.no_grad():
+            per_frame = model.backbone(model._preprocess([video[0]["image"]]).tensor)
+        feature_bytes = sum(x.numel() * x.element_size() for x in per_frame.values())
+        del per_frame
+        backbone = _Timer(model.backbone, device)
+        aggregation = _Timer(model.temporal_aggregation, device)
 
-    synchronize(device)
-    start = time.perf_counter()
-    outputs = list(run_on_video(model, video))
-    synchronize(device)
-    seconds = time.perf_counter() - start
-    if device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated(device) - base
-    else:
-        peak = _rss_kib("VmHWM") * 1024 - base
+        synchronize(device)
+        start = time.perf_counter()
+        outputs = list(run_on_video(model, video))
+        synchronize(device)
+        seconds = time.perf_counter() - start
     assert len(outputs) == len(video)
     before, after = cfg.MODEL.VIDEO.TEST_WINDOW
     return {
@@ -108,7 +86,7 @@ def measure(cfg, opts, size, frames, warmup, threads):
         "s_per_frame": seconds / frames,
         "backbone_s_per_frame": backbone.seconds / frames,
         "aggregation_s_per_frame": aggregation.seconds / frames,
-        "peak_mib": peak / MIB,
+        "peak_mib": peak.peak_bytes / MIB,
         "cache_bound_mib": (before + after + 1) * feature_bytes / MIB,
     }
 
