@@ -44,15 +44,18 @@ class CpuPeak:
 
 
 class CudaPeak:
-    """Peak CUDA memory allocated during a block, from torch.cuda.max_memory_allocated."""
+    """Peak CUDA memory allocated on ``device`` during a block, from max_memory_allocated."""
+
+    def __init__(self, device=None):
+        self.device = device
 
     def __enter__(self):
         gc.collect()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        self.base = torch.cuda.memory_allocated()
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.base = torch.cuda.memory_allocated(self.device)
         return self
 
     def __exit__(self, *exc):
-        torch.cuda.synchronize()
-        self.peak_bytes = torch.cuda.max_memory_allocated() - self.base
+        torch.cuda.synchronize(self.device)
+        self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self.base

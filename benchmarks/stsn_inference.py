@@ -63,7 +63,7 @@ def measure(cfg, opts, size, frames, warmup, threads):
     video = random_video(frames, *size)
     # Memory is measured from the built model on, warm-up included: memory the allocator keeps
     # after the warm-up would otherwise hide the streaming's own peak from the RSS.
-    peak = CudaPeak() if device.startswith("cuda") else CpuPeak()
+    peak = CudaPeak(device) if device.startswith("cuda") else CpuPeak()
     with peak:
         list(run_on_video(model, video[:warmup]))
         with torch.no_grad():
