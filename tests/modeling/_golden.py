@@ -1,0 +1,61 @@
+"""
+Fixed weights and inputs for the "same detections as before the streaming-core redesign" test.
+
+Weights come from each parameter's *name* (not from the order modules are built in), so a
+refactor that keeps parameter names and shapes reproduces them exactly. ``golden_detections.pt``
+holds the detections of commit ecdcea7 (the last one before the redesign) on these weights and
+the video of :func:`golden_video`; regenerate it only if a change is meant to alter detections.
+"""
+
+import zlib
+
+import torch
+from _testing import random_video
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from vod_d2 import add_vod_config
+
+GOLDEN_CONFIGS = ("single_frame", "ssn", "stsn", "stmn")
+
+
+def golden_cfg(name):
+    """The synthetic config ``name`` at test size (64 px frames, 20 proposals, all scores)."""
+    cfg = get_cfg()
+    add_vod_config(cfg)
+    cfg.merge_from_file(f"configs/synthetic/{name}.yaml")
+    cfg.INPUT.MIN_SIZE_TEST = 64
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 20
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.TEST.DETECTIONS_PER_IMAGE = 20
+    return cfg
+
+
+def fill_by_name(model, scale=0.08):
+    """Overwrite every parameter and buffer with values seeded by its name (BN variances > 0)."""
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point():
+                continue
+            g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+            values = torch.randn(tensor.shape, generator=g, dtype=torch.float64)
+            if name.endswith("running_var"):
+                values = 0.5 + values.abs()
+            tensor.copy_((scale * values if not name.endswith("running_var") else values).float())
+    return model
+
+
+def golden_model(name):
+    return fill_by_name(build_model(golden_cfg(name)).eval())
+
+
+def golden_video():
+    return random_video(14, seed=11, output_scale=2)
+
+
+def detections(outputs):
+    """Per frame: (boxes (N, 4), scores (N,), classes (N,)) of a model's outputs."""
+    return [
+        (o["instances"].pred_boxes.tensor, o["instances"].scores, o["instances"].pred_classes)
+        for o in outputs
+    ]
