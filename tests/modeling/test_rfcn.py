@@ -220,6 +220,8 @@ def test_bad_head_settings_fail_clearly():
         build_model(_cfg(**{"MODEL.MASK_ON": True}))
     with pytest.raises(ValueError, match="BBOX_REG_LOSS_TYPE"):
         build_model(_cfg(**{"MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE": "giou"}))
+    with pytest.raises(ValueError, match="MODEL.RFCN.OHEM_BATCH_SIZE_PER_IMAGE.*0"):
+        build_model(_cfg(**{"MODEL.RFCN.OHEM_BATCH_SIZE_PER_IMAGE": 0}))
 
 
 # (config, channels the RPN reads, channels R-FCN reads, deformable pooling)
@@ -245,8 +247,13 @@ def test_paper_configs_build_the_papers_detector(path, rpn_channels, rfcn_channe
     assert rpn.post_nms_topk[False] == 300
     predictor = model.roi_heads.box_predictor
     assert predictor.cls_score.in_channels == rfcn_channels
-    assert predictor.cls_score.out_channels == 31 * 49 and predictor.bbox_pred.out_channels == 4 * 49
+    assert (
+        predictor.cls_score.out_channels == 31 * 49 and predictor.bbox_pred.out_channels == 4 * 49
+    )
     assert (predictor.cls_offsets is not None) == deformable
+    if deformable:
+        # As the authors' code: offsets of their own for each class, one set for the box.
+        assert predictor.cls_offsets.groups == 31 and predictor.bbox_offsets.groups == 1
     assert predictor.ohem_batch_size_per_image == 128
     if path.endswith("single_frame_R101_RFCN.yaml"):
         # LSTS Table 1: R-FCN R-101 has 60.0 M parameters (here 61.3 M in the feature network,

@@ -40,7 +40,9 @@ def test_reduction_of_a_stride_16_res5_is_the_only_output():
     with torch.no_grad():
         out = backbone(x)
         res5 = super(RFCNResNet, backbone).forward(x)["res5"]
-        expected = F.relu(F.conv2d(res5, backbone.reduction.weight, backbone.reduction.bias, 1, 6, 6))
+        expected = F.relu(
+            F.conv2d(res5, backbone.reduction.weight, backbone.reduction.bias, 1, 6, 6)
+        )
     assert list(out) == ["res5_reduced"] and out["res5_reduced"].shape == (2, 256, 4, 6)
     assert torch.allclose(out["res5_reduced"], expected)
     assert res5.shape[1] == 256 and backbone.reduction.dilation == (6, 6)
@@ -62,7 +64,10 @@ def test_freeze_at_freezes_the_same_layers_as_detectron2():
     theirs = dict(_resnet(cfg).named_parameters())
     for name, p in theirs.items():
         assert ours[name].requires_grad == p.requires_grad, name
-    assert not ours["stem.conv1.weight"].requires_grad and not ours["res2.0.conv1.weight"].requires_grad
+    assert (
+        not ours["stem.conv1.weight"].requires_grad
+        and not ours["res2.0.conv1.weight"].requires_grad
+    )
     assert ours["res3.0.conv1.weight"].requires_grad and ours["reduction.weight"].requires_grad
 
 

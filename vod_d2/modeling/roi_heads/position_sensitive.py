@@ -16,6 +16,8 @@ from detectron2.layers import Conv2d
 from torch import nn
 from torchvision.ops import ps_roi_align
 
+from ...layers import deform_ps_roi_pool
+
 __all__ = ["position_sensitive_pool", "PSRoIOffsets"]
 
 
@@ -44,7 +46,29 @@ def position_sensitive_pool(
     """
     if offsets is None:
         return ps_roi_align(score_maps, rois, output_size, spatial_scale, sampling_ratio)
-    raise NotImplementedError("deformable PS RoI pooling waits for vod_d2.layers")
+    num_rois, groups = offsets.shape[:2]
+    num_images, channels, height, width = score_maps.shape
+    if channels % (groups * output_size * output_size):
+        raise ValueError(
+            f"{groups} offset groups of {output_size}x{output_size} bins do not divide the "
+            f"{channels} score maps"
+        )
+    # The op takes one set of offsets per RoI: each group of outputs becomes an image of its
+    # own (a view: a group's maps are consecutive channels) and each RoI one RoI per group.
+    maps = score_maps.reshape(num_images * groups, channels // groups, height, width)
+    folded = rois.repeat_interleave(groups, dim=0)
+    group = torch.arange(groups, device=rois.device, dtype=rois.dtype).repeat(num_rois)
+    folded[:, 0] = folded[:, 0] * groups + group
+    pooled = deform_ps_roi_pool(
+        maps,
+        folded,
+        offsets.reshape(num_rois * groups, *offsets.shape[2:]),
+        output_size,
+        spatial_scale,
+        sampling_ratio,
+        trans_std=gamma,
+    )
+    return pooled.reshape(num_rois, -1, output_size, output_size)
 
 
 class PSRoIOffsets(nn.Module):

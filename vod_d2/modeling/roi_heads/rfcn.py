@@ -18,7 +18,6 @@ box decoding and NMS are detectron2's :class:`FastRCNNOutputLayers`; optional on
 example mining keeps the B RoIs of each image with the largest loss (R-FCN §3, LSTS §4.2).
 """
 
-import logging
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -36,8 +35,6 @@ from torch import nn
 from .position_sensitive import PSRoIOffsets, position_sensitive_pool
 
 __all__ = ["RFCNOutputLayers", "RFCNROIHeads", "RFCNRPNHead", "rpn_features", "rfcn_features"]
-
-logger = logging.getLogger(__name__)
 
 
 def _head_channels(channels: int, split: bool) -> int:
@@ -134,7 +131,7 @@ class RFCNOutputLayers(FastRCNNOutputLayers):
         super().__init__(input_shape, **kwargs)
         if ohem_batch_size_per_image < 0:
             raise ValueError(
-                f"MODEL.RFCN.OHEM_BATCH_SIZE_PER_IMAGE must be positive, "
+                f"ohem_batch_size_per_image must be >= 0 (0: no OHEM), "
                 f"got {ohem_batch_size_per_image}"
             )
         if ohem_batch_size_per_image and self.box_reg_loss_type != "smooth_l1":
@@ -157,8 +154,9 @@ class RFCNOutputLayers(FastRCNNOutputLayers):
         for layer in (self.cls_score, self.bbox_pred):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.zeros_(layer.bias)
-        offsets = dict(output_size=group_size, spatial_scale=self.spatial_scale)
-        offsets["sampling_ratio"] = sampling_ratio
+        offsets = dict(
+            output_size=group_size, spatial_scale=self.spatial_scale, sampling_ratio=sampling_ratio
+        )
         self.cls_offsets = (
             PSRoIOffsets(channels, self.num_classes + 1, **offsets) if deformable else None
         )
@@ -168,6 +166,11 @@ class RFCNOutputLayers(FastRCNNOutputLayers):
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         rfcn = cfg.MODEL.RFCN
+        if rfcn.OHEM and rfcn.OHEM_BATCH_SIZE_PER_IMAGE < 1:
+            raise ValueError(
+                f"MODEL.RFCN.OHEM keeps MODEL.RFCN.OHEM_BATCH_SIZE_PER_IMAGE RoIs per image, "
+                f"which must be >= 1: got {rfcn.OHEM_BATCH_SIZE_PER_IMAGE}"
+            )
         ret.update(
             {
                 "group_size": rfcn.GROUP_SIZE,
@@ -304,8 +307,10 @@ class RFCNROIHeads(ROIHeads):
                 f"{sorted(input_shape)}, got {in_features}"
             )
         if cfg.MODEL.MASK_ON or cfg.MODEL.KEYPOINT_ON:
-            raise ValueError("RFCNROIHeads predicts boxes only: set MODEL.MASK_ON and "
-                             "MODEL.KEYPOINT_ON to False")
+            raise ValueError(
+                "RFCNROIHeads predicts boxes only: set MODEL.MASK_ON and "
+                "MODEL.KEYPOINT_ON to False"
+            )
         shape = input_shape[in_features[0]]
         split = cfg.MODEL.RFCN.SPLIT_FEATURES
         channels = _head_channels(shape.channels, split)
