@@ -12,6 +12,7 @@ def add_vod_config(cfg):
     _add_test_config(cfg)
     _add_stsn_config(cfg)
     _add_stmn_config(cfg)
+    _add_rfcn_config(cfg)
 
 
 def _add_video_config(cfg):
@@ -103,3 +104,27 @@ def _add_stmn_config(cfg):
     cfg.MODEL.STMN.MATCHTRANS.K = 2
     # Affinities over the window divided by their "sum" (paper; non-negative features) or "softmax".
     cfg.MODEL.STMN.MATCHTRANS.NORMALIZATION = "sum"
+
+
+def _add_rfcn_config(cfg):
+    """R-FCN keys (vod_d2/modeling/roi_heads, backbone/rfcn_resnet.py; Dai et al. 2016, 2017)."""
+    cfg.MODEL.RFCN = CN()
+    # Width of the feature-reduction 3x3 conv + ReLU after res5 (papers: 1024).
+    cfg.MODEL.RFCN.REDUCTION_CHANNELS = 1024
+    # Dilation of that conv (the DFF/FGFA code the papers build on: 6).
+    cfg.MODEL.RFCN.REDUCTION_DILATION = 6
+    # The RPN reads the first half of the heads' map and R-FCN the second (STSN §4.1,
+    # Impression §3.3); False feeds all channels to both.
+    cfg.MODEL.RFCN.SPLIT_FEATURES = True
+    # k: each RoI is divided into k x k bins, each with its own score maps (papers: 7).
+    cfg.MODEL.RFCN.GROUP_SIZE = 7
+    # Bilinear samples per bin side in position-sensitive RoIAlign; 0: ceil(bin size) (adaptive).
+    cfg.MODEL.RFCN.POOLER_SAMPLING_RATIO = 0
+    # Deformable position-sensitive RoI pooling (Dai et al. 2017) instead of the plain one.
+    cfg.MODEL.RFCN.DEFORMABLE = False
+    # gamma: the predicted offsets are fractions of the RoI's size scaled by it (paper: 0.1).
+    cfg.MODEL.RFCN.DEFORMABLE_GAMMA = 0.1
+    # Online hard example mining: only the hardest sampled RoIs of each image carry the loss.
+    cfg.MODEL.RFCN.OHEM = False
+    # B, the RoIs kept per image by OHEM (R-FCN, LSTS §4.2: 128).
+    cfg.MODEL.RFCN.OHEM_BATCH_SIZE_PER_IMAGE = 128
