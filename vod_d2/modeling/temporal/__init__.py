@@ -1,6 +1,14 @@
 """Temporal aggregation modules; importing this package registers them."""
 
 from .build import TEMPORAL_AGGREGATION_REGISTRY, build_temporal_aggregation
+from .lsts import (
+    LSTS,
+    DenseFeatureAggregation,
+    LSTSFeatureFusion,
+    SparseRecursiveFeatureUpdate,
+    TransformUnit,
+    lsts_optimizer_overrides,
+)
 from .single_frame import SingleFrameAggregation
 from .stmn import STMNAggregation, STMNSingleFrameAggregation
 from .stsn import SpatioTemporalSamplingBlock, SSNAggregation, STSNAggregation
@@ -8,6 +16,12 @@ from .stsn import SpatioTemporalSamplingBlock, SSNAggregation, STSNAggregation
 __all__ = [
     "TEMPORAL_AGGREGATION_REGISTRY",
     "build_temporal_aggregation",
+    "LSTS",
+    "DenseFeatureAggregation",
+    "LSTSFeatureFusion",
+    "SparseRecursiveFeatureUpdate",
+    "TransformUnit",
+    "lsts_optimizer_overrides",
     "SingleFrameAggregation",
     "STMNAggregation",
     "STMNSingleFrameAggregation",
