@@ -10,6 +10,7 @@ from torch import nn
 
 from vod_d2 import add_vod_config
 from vod_d2.layers import DeformableSimilaritySampling, deformable_similarity_sampling_reference
+from vod_d2.modeling.temporal.build import TemporalModule
 from vod_d2.modeling.temporal.lsts import (
     LOCATIONS_PARAMETER,
     LSTS,
@@ -225,6 +226,8 @@ def test_dfa_fuses_the_transformed_frame_with_the_aligned_memory():
 
 def test_memory_does_not_leak_between_videos():
     fusion = _fusion()
+    # VideoDetector.reset() resets every TemporalModule that overrides reset() before each video.
+    assert isinstance(fusion, TemporalModule) and type(fusion).reset is not TemporalModule.reset
     video_b = [("key", _maps(C, 20)), ("low", _maps(C_LOW, 21)), ("key", _maps(C, 22))]
 
     def run(video):

@@ -1,6 +1,11 @@
 """Temporal aggregation modules; importing this package registers them."""
 
-from .build import TEMPORAL_AGGREGATION_REGISTRY, build_temporal_aggregation
+from .build import (
+    TEMPORAL_AGGREGATION_REGISTRY,
+    TemporalAggregation,
+    TemporalModule,
+    build_temporal_aggregation,
+)
 from .lsts import (
     LSTS,
     DenseFeatureAggregation,
@@ -15,6 +20,8 @@ from .stsn import SpatioTemporalSamplingBlock, SSNAggregation, STSNAggregation
 
 __all__ = [
     "TEMPORAL_AGGREGATION_REGISTRY",
+    "TemporalAggregation",
+    "TemporalModule",
     "build_temporal_aggregation",
     "LSTS",
     "DenseFeatureAggregation",

@@ -40,6 +40,7 @@ from torch import nn
 
 from vod_d2.layers import DeformableSimilaritySampling
 
+from .build import TemporalModule
 from .quality_aggregation import QualityAwareAggregation
 
 __all__ = [
@@ -265,7 +266,7 @@ class DenseFeatureAggregation(nn.Module):
         return self.aggregation([high, aligned])
 
 
-class LSTSFeatureFusion(nn.Module):
+class LSTSFeatureFusion(TemporalModule):
     """
     SRFU and DFA with the N sampling locations they share, for a key-frame meta-architecture.
 
@@ -273,7 +274,8 @@ class LSTSFeatureFusion(nn.Module):
     and :meth:`propagate` (DFA). The stateful calls run a video online, one frame at a time:
     :meth:`key_frame` on the heavy feature of a key frame updates the memory,
     :meth:`non_key_frame` on the low-level feature of another frame reads it, and :meth:`reset`
-    clears it before every video. The memory keeps its autograd graph, so a training sample may
+    (which :class:`VideoDetector` calls on every :class:`TemporalModule`) clears it before every
+    video. The memory keeps its autograd graph, so a training sample may
     also be driven through the stateful calls (reset before each sample).
 
     The locations are ``sampling.offsets``, (N, 2) in (dy, dx) order; the Table 4 ablation
