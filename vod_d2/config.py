@@ -13,6 +13,7 @@ def add_vod_config(cfg):
     _add_stsn_config(cfg)
     _add_stmn_config(cfg)
     _add_rfcn_config(cfg)
+    _add_lsts_config(cfg)
 
 
 def _add_video_config(cfg):
@@ -128,3 +129,43 @@ def _add_rfcn_config(cfg):
     cfg.MODEL.RFCN.OHEM = False
     # B, the RoIs kept per image by OHEM (R-FCN, LSTS §4.2: 128).
     cfg.MODEL.RFCN.OHEM_BATCH_SIZE_PER_IMAGE = 128
+def _add_lsts_config(cfg):
+    """LSTS keys (vod_d2.modeling.temporal.lsts, .backbone.split_resnet; Jiang et al., ECCV 2020).
+
+    "Authors" below is their MXNet code, jiangzhengkai/LSTS.
+    """
+    cfg.MODEL.LSTS = CN()
+    # The light path (non-key frames) is the backbone up to this stage's first LOW_LEVEL_BLOCKS
+    # blocks; the authors' "feature before conv4_3" is res4's first 4 blocks (res4a..res4b3).
+    cfg.MODEL.LSTS.LOW_LEVEL_STAGE = "res4"
+    cfg.MODEL.LSTS.LOW_LEVEL_BLOCKS = 4
+    # The light path ends before the last block's ReLU (authors); the rest starts with it.
+    cfg.MODEL.LSTS.LOW_LEVEL_PRE_ACTIVATION = True
+    # N sampling locations shared by all positions and by SRFU and DFA (authors: 40 Gaussian,
+    # 81 for the grid).
+    cfg.MODEL.LSTS.NUM_POINTS = 40
+    # Location init (Table 4): "gaussian" (zero mean, unit variance) or "grid" (the paper's
+    # "uniform": sqrt(N) x sqrt(N) unit-spaced neighbourhood, MatchTrans-like).
+    cfg.MODEL.LSTS.INIT = "gaussian"
+    # Learn the locations by back-propagation (Eq. 6); False keeps the init (Table 4).
+    cfg.MODEL.LSTS.LEARN_LOCATIONS = True
+    # Learning rate of the locations = SOLVER.BASE_LR * this (authors: lr_mult 10000 * lr,
+    # 2.5 at their lr 2.5e-4), and their weight decay (authors: none).
+    cfg.MODEL.LSTS.LOCATIONS_LR_MULT = 2.5
+    cfg.MODEL.LSTS.LOCATIONS_WEIGHT_DECAY = 0.0
+    # Similarities normalised over the N points by "softmax" (authors) or "sum" (Eq. 3).
+    cfg.MODEL.LSTS.NORMALIZATION = "softmax"
+    # Width of the 1x1 embeddings f and g (authors: 256).
+    cfg.MODEL.LSTS.EMBED_CHANNELS = 256
+    # SRFU's key-frame memory update (Table 2): "quality" ((c)-(g)), "fixed" (weights 0.5, (b))
+    # or "none" (sparse deep features only, (a)).
+    cfg.MODEL.LSTS.MEMORY_UPDATE = "quality"
+    # DFA's fusion of the aligned memory with the non-key frame (Table 2): "quality" ((f), (g)),
+    # "fixed" (weights 0.5, (d), (e)) or "none" (the aligned memory alone, (a)-(c)).
+    cfg.MODEL.LSTS.NON_KEY_AGGREGATION = "quality"
+    # DFA lifts the low-level feature with the Transform unit (Table 2 (e), (g)).
+    cfg.MODEL.LSTS.TRANSFORM = True
+    # Widths of the Transform unit's convs before the last (paper: 256, 512; authors: 256, 256)
+    # and the kernels of all its convs (paper: 3, 3, 3; authors: 1, 3, 3).
+    cfg.MODEL.LSTS.TRANSFORM_DIMS = (256, 512)
+    cfg.MODEL.LSTS.TRANSFORM_KERNEL_SIZES = (3, 3, 3)
