@@ -14,6 +14,8 @@ def add_vod_config(cfg):
     _add_stmn_config(cfg)
     _add_rfcn_config(cfg)
     _add_lsts_config(cfg)
+    _add_flow_config(cfg)
+    _add_impression_config(cfg)
 
 
 def _add_video_config(cfg):
@@ -169,3 +171,51 @@ def _add_lsts_config(cfg):
     # and the kernels of all its convs (paper: 3, 3, 3; authors: 1, 3, 3).
     cfg.MODEL.LSTS.TRANSFORM_DIMS = (256, 512)
     cfg.MODEL.LSTS.TRANSFORM_KERNEL_SIZES = (3, 3, 3)
+def _add_flow_config(cfg):
+    """Flow networks of flow-guided methods (vod_d2.modeling.flow; DFF, Impression Network)."""
+    cfg.MODEL.FLOW = CN()
+    # Name in FLOW_NET_REGISTRY: "FlowNetS" (the papers') or "RAFTSmall" (torchvision's RAFT).
+    cfg.MODEL.FLOW.NAME = "FlowNetS"
+    # Flow checkpoint loaded when the model is built (MODEL.WEIGHTS, loaded later, overrides it
+    # only where it holds flow keys). FlowNetS: a ClementPinard/FlowNetPytorch FlowNetS file, e.g.
+    # flownets_EPE1.951.pth.tar; RAFTSmall: a raft_small state dict file, or the name of a
+    # torchvision weights entry such as "Raft_Small_Weights.C_T_V2" (downloaded by torchvision).
+    cfg.MODEL.FLOW.WEIGHTS = ""
+    cfg.MODEL.FLOW.FLOWNET = CN()
+    # Divides every FlowNet-S width: 1 is FlowNet-S (and what checkpoints need), e.g. 16 a tiny
+    # net for CPU tests.
+    cfg.MODEL.FLOW.FLOWNET.WIDTH_DIVISOR = 1
+    # Channel order the FlowNet-S weights expect: "RGB" (ClementPinard) or "BGR" (Caffe, DFF).
+    cfg.MODEL.FLOW.FLOWNET.FORMAT = "RGB"
+    # Mean subtracted from FlowNet-S's input before dividing it by 255, in FORMAT order, [0, 255]
+    # units (ClementPinard's FlyingChairs training: 255 * (0.45, 0.432, 0.411)).
+    cfg.MODEL.FLOW.FLOWNET.PIXEL_MEAN = (114.75, 110.16, 104.805)
+    # FlowNet predicts flow divided by this (its training scale; the 20 behind DFF's 2.5 = 20 / 8).
+    cfg.MODEL.FLOW.FLOWNET.DIV_FLOW = 20.0
+    cfg.MODEL.FLOW.RAFT = CN()
+    # RAFT's recurrent refinement iterations (torchvision's default: 12).
+    cfg.MODEL.FLOW.RAFT.NUM_FLOW_UPDATES = 12
+
+
+def _add_impression_config(cfg):
+    """Impression Network keys (vod_d2.modeling.temporal.impression; Hetang et al. 2017)."""
+    cfg.MODEL.IMPRESSION = CN()
+    # Table 1's switches, (a)-(e): (a) all False but END_TO_END; (b) = DFF: SPARSE_FEATURE only;
+    # (c) + MEMORY; (d) + QUALITY_AWARE (the paper's method); (e) = (d) with END_TO_END False.
+    # N_feat runs on key frames only and the flow warps their feature to the other frames;
+    # False: every frame is a key frame, no flow (Table 1 (a), the per-frame detector).
+    cfg.MODEL.IMPRESSION.SPARSE_FEATURE = True
+    # Keep the impression feature and fuse it into every key frame's task feature (Eq. 2-4);
+    # False: the key feature alone is the task feature (Table 1 (b), Deep Feature Flow).
+    cfg.MODEL.IMPRESSION.MEMORY = True
+    # Position-wise weights from the quality net N_q (Eq. 2); False: fixed 0.5 (Table 1 (c)).
+    cfg.MODEL.IMPRESSION.QUALITY_AWARE = True
+    # Train N_feat and the flow net with the task loss; False (Table 1 (e)): both stay fixed at
+    # the single-frame detector's and the FlyingChairs FlowNet-S weights, only N_q and the
+    # detection sub-network learn.
+    cfg.MODEL.IMPRESSION.END_TO_END = True
+    # Memory gate g of Eq. 4, f_imp = (1 - g) f_k + g f_task, in [0, 1] (Table 1: 1.0; Fig. 7:
+    # larger is better; 0 keeps only the key feature, so the next key frame fuses f_k alone).
+    cfg.MODEL.IMPRESSION.GATE = 1.0
+    # Widths of N_q's 3x3 and first 1x1 conv (§3.3: 256, 16; a 1-channel 1x1 conv follows).
+    cfg.MODEL.IMPRESSION.QUALITY_DIMS = (256, 16)
