@@ -8,6 +8,7 @@ __all__ = ["add_vod_config"]
 def add_vod_config(cfg):
     """Add the vod_d2 keys to a detectron2 config in place (call it before ``merge_from_file``)."""
     _add_video_config(cfg)
+    _add_key_frame_config(cfg)
     _add_data_config(cfg)
     _add_test_config(cfg)
     _add_stsn_config(cfg)
@@ -28,8 +29,21 @@ def _add_video_config(cfg):
     cfg.MODEL.VIDEO.TEST_WINDOW = (0, 0)
     # Frame step between window members at test time (STSN's temporal stride k).
     cfg.MODEL.VIDEO.TEST_STRIDE = 1
-    # Key-frame interval of key-frame methods, used by the "key_frame" sampling rule too.
+    # Key-frame interval l of key-frame methods (KeyFrameRCNN): frames per segment.
     cfg.MODEL.VIDEO.KEY_FRAME_INTERVAL = 10
+
+
+def _add_key_frame_config(cfg):
+    """Keys of KeyFrameRCNN (vod_d2/modeling/meta_arch/key_frame_rcnn.py): LSTS, Impression, DFF."""
+    cfg.MODEL.KEY_FRAME = CN()
+    # Name in KEY_FRAME_REGISTRY: "LSTSKeyFrames" or "ImpressionKeyFrames" (DFF with
+    # MODEL.IMPRESSION.MEMORY False).
+    cfg.MODEL.KEY_FRAME.MODULE = "ImpressionKeyFrames"
+    # Where a segment of MODEL.VIDEO.KEY_FRAME_INTERVAL frames has its key frame: "first"
+    # (online: past frames only) or "center" (a frame waits for its segment's centre).
+    cfg.MODEL.KEY_FRAME.POSITION = "first"
+    # The backbone map that is the heavy feature and that the heads read (R-FCN's reduced res5).
+    cfg.MODEL.KEY_FRAME.IN_FEATURE = "res5_reduced"
 
 
 def _add_data_config(cfg):
@@ -43,6 +57,9 @@ def _add_data_config(cfg):
     cfg.INPUT.VIDEO.TRAIN_RANGE = 9
     # Offsets of the support frames for the "fixed" rule, e.g. (-20, -10, 10, 20).
     cfg.INPUT.VIDEO.TRAIN_OFFSETS = ()
+    # The "key_frame" rule's old and new key frames: offsets d_0 in [old_min, old_max] and d_1
+    # in [new_min, new_max] (Impression §3.2 with l = 10: [-10, -5] and [-5, 5]).
+    cfg.INPUT.VIDEO.TRAIN_KEY_RANGES = (-10, -5, -5, 5)
     # Fraction of training samples drawn from one-frame (DET) datasets when both kinds are in
     # DATASETS.TRAIN; a negative value samples in proportion to the datasets' sizes.
     cfg.DATALOADER.DET_RATIO = -1.0
@@ -131,6 +148,8 @@ def _add_rfcn_config(cfg):
     cfg.MODEL.RFCN.OHEM = False
     # B, the RoIs kept per image by OHEM (R-FCN, LSTS §4.2: 128).
     cfg.MODEL.RFCN.OHEM_BATCH_SIZE_PER_IMAGE = 128
+
+
 def _add_lsts_config(cfg):
     """LSTS keys (vod_d2.modeling.temporal.lsts, .backbone.split_resnet; Jiang et al., ECCV 2020).
 
@@ -168,9 +187,16 @@ def _add_lsts_config(cfg):
     # DFA lifts the low-level feature with the Transform unit (Table 2 (e), (g)).
     cfg.MODEL.LSTS.TRANSFORM = True
     # Widths of the Transform unit's convs before the last (paper: 256, 512; authors: 256, 256)
-    # and the kernels of all its convs (paper: 3, 3, 3; authors: 1, 3, 3).
-    cfg.MODEL.LSTS.TRANSFORM_DIMS = (256, 512)
-    cfg.MODEL.LSTS.TRANSFORM_KERNEL_SIZES = (3, 3, 3)
+    # and the kernels of all its convs (paper: 3, 3, 3; authors: 1, 3, 3). The authors' layout
+    # is the default: with it (and QUALITY_LAYOUT "authors") R-101 LSTS has the 64.5 M
+    # parameters of Table 1; §4.2's text would add ~9 M.
+    cfg.MODEL.LSTS.TRANSFORM_DIMS = (256, 256)
+    cfg.MODEL.LSTS.TRANSFORM_KERNEL_SIZES = (1, 3, 3)
+    # The aggregation units' quality net: "authors" (1x1x256, 3x3x16, 3x3x1, no activation, the
+    # code's quality_network) or "paper" (§4.2's 3x3x256, 1x1x16, 1x1x1 with ReLUs).
+    cfg.MODEL.LSTS.QUALITY_LAYOUT = "authors"
+
+
 def _add_flow_config(cfg):
     """Flow networks of flow-guided methods (vod_d2.modeling.flow; DFF, Impression Network)."""
     cfg.MODEL.FLOW = CN()

@@ -1,8 +1,15 @@
 """Models of vod_d2: the streaming core, meta-architectures and temporal modules."""
 
 from . import backbone, flow, roi_heads  # noqa: F401  (registration)
-from .frames import FrameInfo, GlobalSupport, NoSupport, SupportPolicy, WindowSupport
-from .meta_arch import VideoDetector, VideoRCNN
+from .frames import (
+    FrameInfo,
+    GlobalSupport,
+    KeySegmentSupport,
+    NoSupport,
+    SupportPolicy,
+    WindowSupport,
+)
+from .meta_arch import KeyFrameRCNN, VideoDetector, VideoRCNN
 from .temporal import (
     TEMPORAL_AGGREGATION_REGISTRY,
     TemporalAggregation,
@@ -13,9 +20,11 @@ from .temporal import (
 __all__ = [
     "FrameInfo",
     "GlobalSupport",
+    "KeySegmentSupport",
     "NoSupport",
     "SupportPolicy",
     "WindowSupport",
+    "KeyFrameRCNN",
     "VideoDetector",
     "VideoRCNN",
     "TEMPORAL_AGGREGATION_REGISTRY",

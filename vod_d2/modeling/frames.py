@@ -13,7 +13,10 @@ video detector:
   single-frame baseline, and online key-frame methods such as LSTS);
 * :class:`GlobalSupport`: a fixed set of frames spread uniformly over the *whole* video,
   SELSA-style (SparseVOD), computed before the video is streamed; or, when the video's length
-  is unknown (a live stream), a uniform sample of the past frames.
+  is unknown (a live stream), a uniform sample of the past frames;
+* :class:`KeySegmentSupport`: the key frame of the frame's segment (key-frame methods whose
+  non-key frames read their key frame's payload: Impression Network, DFF, LSTS), which may lie
+  ahead of the frame when the key frame is the segment's centre.
 """
 
 from dataclasses import dataclass
@@ -32,6 +35,9 @@ __all__ = [
     "WindowSupport",
     "NoSupport",
     "GlobalSupport",
+    "KeySegmentSupport",
+    "KEY_POSITIONS",
+    "key_frame_index",
     "spread_indices",
 ]
 
@@ -85,8 +91,8 @@ class SupportPlan:
         """Frames whose payloads must be computed before the video is streamed."""
         return []
 
-    def observe(self, index: int) -> None:
-        """Frame ``index`` has arrived (frames arrive in order)."""
+    def observe(self, frame: FrameInfo) -> None:
+        """``frame`` has arrived (frames arrive in order)."""
 
     def support(self, index: int, video_length: Optional[int]) -> List[int]:
         """
@@ -210,7 +216,8 @@ class _PastFramesPlan(SupportPlan):
         self.reservoir: List[int] = []
         self.latest: Tuple[int, List[int]] = (-1, [])
 
-    def observe(self, index):
+    def observe(self, frame):
+        index = frame.index
         self.latest = (index, sorted(self.reservoir))
         if len(self.reservoir) < self.num:
             self.reservoir.append(index)
@@ -258,3 +265,88 @@ class GlobalSupport(SupportPolicy):
             return _PastFramesPlan(self.num, np.random.default_rng([self.seed, 1]))
         rng = np.random.default_rng([self.seed, 0, video_length])
         return _WholeVideoPlan(spread_indices(self.num, video_length, rng))
+
+
+#: Where a segment's key frame lies: its first frame (online) or its centre.
+KEY_POSITIONS = ("first", "center")
+
+
+def key_frame_index(
+    index: int, video_length: Optional[int], interval: int, position: str = "first"
+) -> int:
+    """
+    The key frame of frame ``index``'s segment. A video is cut into segments of ``interval``
+    frames; the key frame of a segment is its first frame, or its central one (frame
+    ``(n - 1) // 2`` of its n frames; the last segment of a video of known length may be
+    shorter, an unknown length counts it whole).
+
+    Args:
+        index: a frame index.
+        video_length: the video's length, or None where unknown.
+        interval: frames per segment (the key-frame interval l).
+        position: "first" or "center" (:data:`KEY_POSITIONS`).
+    """
+    start = index - index % interval
+    if position == "first":
+        return start
+    size = interval if video_length is None else min(interval, video_length - start)
+    return start + (size - 1) // 2
+
+
+class _KeySegmentPlan(SupportPlan):
+    def __init__(self, interval: int, position: str):
+        self.interval = interval
+        self.position = position
+        # Non-key frames keep nothing once detected (support keys are a key frame's), so a
+        # look-back over two segments costs two key payloads.
+        self.look_back = 2 * interval
+        self.keys: List[int] = []
+        self.num_seen = 0
+
+    def observe(self, frame):
+        self.num_seen = frame.index + 1
+        if frame.is_key:
+            self.keys.append(frame.index)
+
+    def support(self, index, video_length):
+        if index in self.keys:
+            return []
+        key = key_frame_index(index, video_length, self.interval, self.position)
+        coming = key >= self.num_seen and (video_length is None or key < video_length)
+        if key in self.keys or coming:
+            return [key]
+        # The video ended before the segment's key frame came (a stream of unknown length):
+        # the segment reads the latest key frame before it.
+        earlier = [k for k in self.keys if k < index]
+        if not earlier:
+            raise ValueError(
+                f"the video ended after {video_length} frames, before its first key frame "
+                f"({key}): give the video's length, or put key frames first"
+            )
+        return [earlier[-1]]
+
+
+class KeySegmentSupport(SupportPolicy):
+    """
+    Every non-key frame reads its segment's key frame (:func:`key_frame_index`); key frames
+    read nothing. With central key frames a frame waits for its key frame, at most
+    ``interval // 2`` frames ahead.
+    """
+
+    def __init__(self, interval: int, position: str = "first"):
+        """
+        Args:
+            interval: the key-frame interval l (frames per segment), >= 1.
+            position: "first" (online) or "center".
+        """
+        if interval < 1:
+            raise ValueError(f"MODEL.VIDEO.KEY_FRAME_INTERVAL must be >= 1, got {interval}")
+        if position not in KEY_POSITIONS:
+            raise ValueError(
+                f"MODEL.KEY_FRAME.POSITION must be one of {KEY_POSITIONS}, got {position!r}"
+            )
+        self.interval = interval
+        self.position = position
+
+    def plan(self, video_length):
+        return _KeySegmentPlan(self.interval, self.position)

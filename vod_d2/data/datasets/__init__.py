@@ -12,6 +12,7 @@ A DET still image is a one-frame video. Support frames are found through
 :func:`build_frame_table`, so records carry no lists. Importing this package registers the
 built-in datasets (:mod:`.builtin`) without reading any file.
 """
+
 from .builtin import BUILTIN_DATASETS, datasets_root, register_all_builtin
 from .cache import default_cache_dir
 from .cocovid import load_cocovid_json

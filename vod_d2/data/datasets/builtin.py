@@ -11,6 +11,7 @@ loaded (not at import):
 * ``synthetic_vid_train``, ``synthetic_vid_val``, ``synthetic_det_train``: the same layout
   under ``vod_d2_synthetic/``, generated on first use (see :mod:`vod_d2.data.synthetic`).
 """
+
 import functools
 import os
 
@@ -25,7 +26,9 @@ __all__ = ["BUILTIN_DATASETS", "datasets_root", "register_all_builtin"]
 BUILTIN_DATASETS = {
     "imagenet_vid_train_15frames": ("ILSVRC2015", "imagenet_vid", ("VID_train_15frames.txt",)),
     "imagenet_vid_val": (
-        "ILSVRC2015", "imagenet_vid", ("VID_val_videos.txt", "VID_val_frames.txt")
+        "ILSVRC2015",
+        "imagenet_vid",
+        ("VID_val_videos.txt", "VID_val_frames.txt"),
     ),
     "imagenet_det_train_30classes": ("ILSVRC2015", "imagenet_det", ("DET_train_30classes.txt",)),
     "synthetic_vid_train": ("vod_d2_synthetic", "imagenet_vid", ("VID_train_15frames.txt",)),

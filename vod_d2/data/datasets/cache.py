@@ -7,6 +7,7 @@ else the parse depends on), so editing, replacing, adding or removing a file cha
 the next load parses again. Entries are written to a temporary file and renamed, so a crash
 never leaves a truncated entry; an unreadable entry is parsed again.
 """
+
 import hashlib
 import logging
 import os

@@ -6,6 +6,7 @@ has ``video_id`` and ``frame_id`` (0-based), an annotation ``instance_id`` (its 
 optionally ``occluded``/``generated``. Boxes are COCO ``[x, y, w, h]``, converted to
 ``[x, y, x + w, y + h]`` XYXY_ABS.
 """
+
 import json
 import logging
 import os

@@ -22,6 +22,7 @@ Boxes are the XML's ``xmin, ymin, xmax, ymax`` unchanged, as ``XYXY_ABS``: the d
 are inclusive (a box's width is ``xmax - xmin + 1``), and the VID evaluator adds that +1 itself
 when it applies the devkit's rules, so no coordinate is shifted on the way in.
 """
+
 import gc
 import logging
 import os
@@ -339,9 +340,7 @@ def _load(
         image_files, video_ids, frames.frame_idx, frames.video_length, columns, not is_det
     )
     _check_unique_frames(records, list_file)
-    logger.info(
-        f"Loaded {len(records)} frames of {len(set(video_ids))} videos from {list_file}"
-    )
+    logger.info(f"Loaded {len(records)} frames of {len(set(video_ids))} videos from {list_file}")
     return records
 
 

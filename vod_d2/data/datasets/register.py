@@ -1,4 +1,5 @@
 """Registration of video datasets with detectron2's catalogs."""
+
 import functools
 from typing import Optional, Sequence
 

@@ -13,7 +13,9 @@ Here the cut is ``(stage, blocks)``: the light part ends after the first ``block
 of ``stage``, with or without the last one's ReLU.
 
 The split backbone adopts the ResNet's modules under their own names, so its parameter names are
-the ResNet's and pretrained detectron2 weights load unchanged.
+the ResNet's and pretrained detectron2 weights load unchanged. An R-FCN feature network
+(:class:`~vod_d2.modeling.backbone.rfcn_resnet.RFCNResNet`) splits the same way, its feature
+reduction ending the rest.
 """
 
 from typing import Dict, List
@@ -30,7 +32,10 @@ from detectron2.modeling.backbone.resnet import (
 )
 from torch import nn
 
-__all__ = ["SplitResNet", "build_split_resnet_backbone"]
+from .rfcn_resnet import OUT_FEATURE as REDUCED_FEATURE
+from .rfcn_resnet import RFCNResNet, build_rfcn_resnet_backbone
+
+__all__ = ["SplitResNet", "build_split_resnet_backbone", "build_split_rfcn_resnet_backbone"]
 
 
 def _pre_activation(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -115,6 +120,8 @@ class SplitResNet(Backbone):
         self._out_features = list(resnet._out_features)
         self._out_feature_channels = dict(resnet._out_feature_channels)
         self._out_feature_strides = dict(resnet._out_feature_strides)
+        # An R-FCN feature network's reduction conv ends the rest (and names its one output).
+        self.reduction = resnet.reduction if isinstance(resnet, RFCNResNet) else None
         light_blocks = [b for name in light_stages for b in getattr(self, name).children()]
         stride = self.stem.stride
         for block in light_blocks + stage_blocks[:blocks]:
@@ -164,6 +171,8 @@ class SplitResNet(Backbone):
             x = getattr(self, name)(x)
             if name in self._out_features:
                 outputs[name] = x
+        if self.reduction is not None:
+            return {REDUCED_FEATURE: F.relu(self.reduction(outputs["res5"]))}
         return outputs
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -175,6 +184,9 @@ class SplitResNet(Backbone):
         return self._low_level_shape
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
+        if self.reduction is not None:
+            stride = self._out_feature_strides["res5"]
+            return {REDUCED_FEATURE: ShapeSpec(channels=self.reduction.out_channels, stride=stride)}
         return {
             name: ShapeSpec(
                 channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
@@ -183,12 +195,22 @@ class SplitResNet(Backbone):
         }
 
 
-@BACKBONE_REGISTRY.register()
-def build_split_resnet_backbone(cfg, input_shape: ShapeSpec) -> SplitResNet:
-    """detectron2's ResNet (``MODEL.RESNETS``) cut at ``MODEL.LSTS.LOW_LEVEL_*``."""
+def _split(cfg, resnet: ResNet) -> SplitResNet:
     return SplitResNet(
-        build_resnet_backbone(cfg, input_shape),
+        resnet,
         stage=cfg.MODEL.LSTS.LOW_LEVEL_STAGE,
         blocks=cfg.MODEL.LSTS.LOW_LEVEL_BLOCKS,
         pre_activation=cfg.MODEL.LSTS.LOW_LEVEL_PRE_ACTIVATION,
     )
+
+
+@BACKBONE_REGISTRY.register()
+def build_split_resnet_backbone(cfg, input_shape: ShapeSpec) -> SplitResNet:
+    """detectron2's ResNet (``MODEL.RESNETS``) cut at ``MODEL.LSTS.LOW_LEVEL_*``."""
+    return _split(cfg, build_resnet_backbone(cfg, input_shape))
+
+
+@BACKBONE_REGISTRY.register()
+def build_split_rfcn_resnet_backbone(cfg, input_shape: ShapeSpec) -> SplitResNet:
+    """The R-FCN feature network (``build_rfcn_resnet_backbone``) cut at MODEL.LSTS.LOW_LEVEL_*."""
+    return _split(cfg, build_rfcn_resnet_backbone(cfg, input_shape))

@@ -161,9 +161,13 @@ class VideoDetector(nn.Module):
         """
         if video_length is not None and video_length < 1:
             raise ValueError(f"a video has at least one frame, got video_length={video_length}")
+        self.reset_state()
+        self._video = _VideoState(video_length, self.support_policy.plan(video_length))
+
+    def reset_state(self):
+        """Clear the recurrent state of every :class:`TemporalModule` of the model."""
         for module in self._temporal_modules():
             module.reset()
-        self._video = _VideoState(video_length, self.support_policy.plan(video_length))
 
     def prefetch_indices(self) -> List[int]:
         """Frames to :meth:`prime` before streaming the current video (whole-video support)."""
@@ -222,7 +226,7 @@ class VideoDetector(nn.Module):
             info = FrameInfo(index, video.length, self.frame_kind(index, video.length))
             video.cache[index] = self.encode(images, [info])
             video.frames[index] = info
-        video.plan.observe(index)
+        video.plan.observe(info)
         video.pending[index] = _Pending(
             {k: v for k, v in frame.items() if k != "image"}, info, images
         )

@@ -1,4 +1,4 @@
-"""Temporal aggregation modules; importing this package registers them."""
+"""Temporal modules (aggregation and key-frame memories); importing this package registers them."""
 
 from .build import (
     TEMPORAL_AGGREGATION_REGISTRY,
@@ -6,10 +6,13 @@ from .build import (
     TemporalModule,
     build_temporal_aggregation,
 )
+from .impression import ImpressionKeyFrames, ImpressionMemory
+from .key_frame import KEY_FRAME_REGISTRY, KeyFrameModule, build_key_frame_module
 from .lsts import (
     LSTS,
     DenseFeatureAggregation,
     LSTSFeatureFusion,
+    LSTSKeyFrames,
     SparseRecursiveFeatureUpdate,
     TransformUnit,
     lsts_optimizer_overrides,
@@ -23,9 +26,15 @@ __all__ = [
     "TemporalAggregation",
     "TemporalModule",
     "build_temporal_aggregation",
+    "KEY_FRAME_REGISTRY",
+    "KeyFrameModule",
+    "build_key_frame_module",
+    "ImpressionKeyFrames",
+    "ImpressionMemory",
     "LSTS",
     "DenseFeatureAggregation",
     "LSTSFeatureFusion",
+    "LSTSKeyFrames",
     "SparseRecursiveFeatureUpdate",
     "TransformUnit",
     "lsts_optimizer_overrides",

@@ -41,12 +41,16 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from detectron2.config import configurable
-from torch import nn
+from detectron2.layers import ShapeSpec
 
+from ..flow import build_flow_net
 from ..flow.base import FlowNetwork
+from ..frames import NONE
+from .build import TemporalModule
+from .key_frame import KEY_FRAME_REGISTRY, KeyFrameModule
 from .quality_aggregation import QualityAwareAggregation
 
-__all__ = ["ImpressionMemory", "TABLE1_VARIANTS"]
+__all__ = ["ImpressionMemory", "ImpressionKeyFrames", "TABLE1_VARIANTS"]
 
 # MODEL.IMPRESSION switches of each row of Table 1 (see the module docstring).
 TABLE1_VARIANTS: Dict[str, Dict[str, bool]] = {
@@ -58,7 +62,7 @@ TABLE1_VARIANTS: Dict[str, Dict[str, bool]] = {
 }
 
 
-class ImpressionMemory(nn.Module):
+class ImpressionMemory(TemporalModule):
     """
     The impression of one video, and the fusion of Eq. 2-4.
 
@@ -102,7 +106,7 @@ class ImpressionMemory(nn.Module):
         self.channels = channels
         self.gate = float(gate)
         self.aggregation = (
-            QualityAwareAggregation(channels, quality=quality_aware, dims=quality_dims)
+            QualityAwareAggregation(channels, quality=quality_aware, dims=tuple(quality_dims))
             if memory
             else None
         )
@@ -201,3 +205,49 @@ class ImpressionMemory(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, memory={self.enabled}, gate={self.gate}"
+
+
+@KEY_FRAME_REGISTRY.register()
+class ImpressionKeyFrames(KeyFrameModule):
+    """
+    Impression Network (and, with ``MODEL.IMPRESSION.MEMORY`` off, Deep Feature Flow) in a
+    key-frame detector (:class:`vod_d2.modeling.KeyFrameRCNN`). A key frame's heavy feature
+    f_k becomes its segment's task feature through the impression memory (Algorithm 1); a
+    non-key frame runs no backbone: its task feature is its key frame's, warped by the flow
+    between the two raw frames and scaled by S, ``W(f_task, F(I_j, I_key)) * S`` (§3.1).
+
+    ``MODEL.IMPRESSION.SPARSE_FEATURE`` False makes every frame a key frame (Table 1 (a)), and
+    ``END_TO_END`` False keeps the flow network fixed (Table 1 (e); the meta-architecture keeps
+    the feature network fixed).
+    """
+
+    light_kind = NONE
+    support_keys = ("task", "image")
+
+    def __init__(self, cfg, feature_shape: ShapeSpec, low_shape: Optional[ShapeSpec]):
+        """
+        Args:
+            cfg: config with ``MODEL.IMPRESSION`` and ``MODEL.FLOW``.
+            feature_shape: the heavy feature's shape.
+            low_shape: unused (non-key frames run no backbone).
+        """
+        super().__init__()
+        self.memory = ImpressionMemory(cfg, feature_shape.channels)
+        self.flow_net = build_flow_net(cfg, feature_shape.channels)
+        self.every_frame_is_key = not cfg.MODEL.IMPRESSION.SPARSE_FEATURE
+        self.end_to_end = cfg.MODEL.IMPRESSION.END_TO_END
+        if not self.end_to_end:
+            self.flow_net.freeze()
+        self._shape = feature_shape
+
+    def key_frame(self, feature, images, frames):
+        return {"task": self.memory.update(feature, images, self.flow_net), "image": images}
+
+    def non_key_frame(self, light, images, frames):
+        return {"image": images}
+
+    def propagate(self, target, key):
+        return self.flow_net.propagate(key["task"], target["image"], key["image"])
+
+    def output_shape(self) -> ShapeSpec:
+        return self._shape

@@ -40,7 +40,9 @@ from torch import nn
 
 from vod_d2.layers import DeformableSimilaritySampling
 
+from ..frames import LIGHT
 from .build import TemporalModule
+from .key_frame import KEY_FRAME_REGISTRY, KeyFrameModule
 from .quality_aggregation import QualityAwareAggregation
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "SparseRecursiveFeatureUpdate",
     "DenseFeatureAggregation",
     "LSTSFeatureFusion",
+    "LSTSKeyFrames",
     "LOCATIONS_PARAMETER",
     "lsts_optimizer_overrides",
 ]
@@ -66,12 +69,27 @@ def _normal_init(conv: nn.Conv2d) -> None:
     nn.init.zeros_(conv.bias)
 
 
-def _aggregation(mode: str, channels: int, key: str) -> Optional[QualityAwareAggregation]:
+# Layouts of the aggregation unit's quality net: §4.2's text (3x3x256, 1x1x16, 1x1x1 with
+# ReLUs) and the authors' ``quality_network`` (1x1x256, 3x3x16, 3x3x1, no activation), which is
+# also the one that matches the paper's parameter count (Table 1: 64.5 M for R-101).
+QUALITY_LAYOUTS = {
+    "paper": dict(kernel_sizes=(3, 1, 1), activation=True),
+    "authors": dict(kernel_sizes=(1, 3, 3), activation=False),
+}
+
+
+def _aggregation(
+    mode: str, channels: int, key: str, layout: str = "paper"
+) -> Optional[QualityAwareAggregation]:
     if mode not in AGGREGATIONS:
         raise ValueError(f"{key} must be one of {AGGREGATIONS}, got {mode!r}")
+    if layout not in QUALITY_LAYOUTS:
+        raise ValueError(
+            f"MODEL.LSTS.QUALITY_LAYOUT must be one of {tuple(QUALITY_LAYOUTS)}, got {layout!r}"
+        )
     if mode == "none":
         return None
-    return QualityAwareAggregation(channels, quality=mode == "quality")
+    return QualityAwareAggregation(channels, quality=mode == "quality", **QUALITY_LAYOUTS[layout])
 
 
 class LSTS(nn.Module):
@@ -165,15 +183,25 @@ class SparseRecursiveFeatureUpdate(nn.Module):
     feature alone, (a)).
     """
 
-    def __init__(self, channels: int, *, embed_channels: int = 256, update: str = "quality"):
+    def __init__(
+        self,
+        channels: int,
+        *,
+        embed_channels: int = 256,
+        update: str = "quality",
+        quality_layout: str = "paper",
+    ):
         """
         Args:
             channels: channels C of the key-frame features and of the memory.
             embed_channels: width of LSTS's embeddings.
             update: "quality", "fixed" or "none".
+            quality_layout: the quality net's layout, "paper" or "authors".
         """
         super().__init__()
-        self.aggregation = _aggregation(update, channels, "MODEL.LSTS.MEMORY_UPDATE")
+        self.aggregation = _aggregation(
+            update, channels, "MODEL.LSTS.MEMORY_UPDATE", quality_layout
+        )
         self.lsts = (
             LSTS(channels, channels, embed_channels) if self.aggregation is not None else None
         )
@@ -221,6 +249,7 @@ class DenseFeatureAggregation(nn.Module):
         transform: bool = True,
         transform_dims: Sequence[int] = (256, 512),
         transform_kernel_sizes: Sequence[int] = (3, 3, 3),
+        quality_layout: str = "paper",
     ):
         """
         Args:
@@ -230,9 +259,12 @@ class DenseFeatureAggregation(nn.Module):
             aggregation: "quality", "fixed" or "none".
             transform: lift F^low with a :class:`TransformUnit`.
             transform_dims, transform_kernel_sizes: see :class:`TransformUnit`.
+            quality_layout: the quality net's layout, "paper" or "authors".
         """
         super().__init__()
-        self.aggregation = _aggregation(aggregation, channels, "MODEL.LSTS.NON_KEY_AGGREGATION")
+        self.aggregation = _aggregation(
+            aggregation, channels, "MODEL.LSTS.NON_KEY_AGGREGATION", quality_layout
+        )
         self.transform = (
             TransformUnit(low_channels, channels, transform_dims, transform_kernel_sizes)
             if transform
@@ -299,6 +331,7 @@ class LSTSFeatureFusion(TemporalModule):
         transform: bool = True,
         transform_dims: Sequence[int] = (256, 512),
         transform_kernel_sizes: Sequence[int] = (3, 3, 3),
+        quality_layout: str = "paper",
     ):
         """
         Args:
@@ -314,12 +347,17 @@ class LSTSFeatureFusion(TemporalModule):
             non_key_aggregation: DFA's "quality", "fixed" or "none".
             transform: DFA lifts the low-level feature with the Transform unit.
             transform_dims, transform_kernel_sizes: see :class:`TransformUnit`.
+            quality_layout: the aggregation units' quality net, "paper" or "authors"
+                (:data:`QUALITY_LAYOUTS`).
         """
         super().__init__()
         self.sampling = DeformableSimilaritySampling(num_points, init, normalization)
         self.sampling.offsets.requires_grad_(learn_locations)
         self.srfu = SparseRecursiveFeatureUpdate(
-            channels, embed_channels=embed_channels, update=memory_update
+            channels,
+            embed_channels=embed_channels,
+            update=memory_update,
+            quality_layout=quality_layout,
         )
         self.dfa = DenseFeatureAggregation(
             low_channels,
@@ -329,6 +367,7 @@ class LSTSFeatureFusion(TemporalModule):
             transform=transform,
             transform_dims=transform_dims,
             transform_kernel_sizes=transform_kernel_sizes,
+            quality_layout=quality_layout,
         )
         self._memory: Optional[torch.Tensor] = None
 
@@ -353,6 +392,7 @@ class LSTSFeatureFusion(TemporalModule):
             "transform": c.TRANSFORM,
             "transform_dims": tuple(c.TRANSFORM_DIMS),
             "transform_kernel_sizes": tuple(c.TRANSFORM_KERNEL_SIZES),
+            "quality_layout": c.QUALITY_LAYOUT,
         }
 
     def update_memory(
@@ -446,3 +486,49 @@ def lsts_optimizer_overrides(cfg) -> Dict[str, Dict[str, float]]:
     """
     lr = cfg.SOLVER.BASE_LR * cfg.MODEL.LSTS.LOCATIONS_LR_MULT
     return {LOCATIONS_PARAMETER: {"lr": lr, "weight_decay": cfg.MODEL.LSTS.LOCATIONS_WEIGHT_DECAY}}
+
+
+@KEY_FRAME_REGISTRY.register()
+class LSTSKeyFrames(KeyFrameModule):
+    """
+    LSTS in a key-frame detector (:class:`vod_d2.modeling.KeyFrameRCNN`): a key frame's heavy
+    feature updates the memory by SRFU, and that memory is its task feature (the authors'
+    ``MEMORY_UPDATE_RATIO`` 1); a non-key frame's payload is its low-level feature, which DFA
+    fuses with its key frame's memory.
+    """
+
+    light_kind = LIGHT
+    support_keys = ("task",)
+
+    def __init__(self, cfg, feature_shape: ShapeSpec, low_shape: Optional[ShapeSpec]):
+        """
+        Args:
+            cfg: config with ``MODEL.LSTS``.
+            feature_shape: the heavy feature's shape (memory and task features share it).
+            low_shape: the light path's output shape (the split backbone's).
+        """
+        super().__init__()
+        if low_shape is None:
+            raise ValueError(
+                "LSTS needs a light path: MODEL.BACKBONE.NAME must split the ResNet "
+                "(build_split_resnet_backbone or build_split_rfcn_resnet_backbone)"
+            )
+        self.fusion = LSTSFeatureFusion(cfg, low_shape, feature_shape)
+        self._shape = feature_shape
+        self._overrides = lsts_optimizer_overrides(cfg)
+
+    def key_frame(self, feature, images, frames):
+        return {"task": self.fusion.key_frame(feature)}
+
+    def non_key_frame(self, light, images, frames):
+        return {"low": light}
+
+    def propagate(self, target, key):
+        return self.fusion.propagate(target["low"], key["task"])
+
+    def output_shape(self) -> ShapeSpec:
+        return self._shape
+
+    def optimizer_overrides(self) -> Dict[str, Dict[str, float]]:
+        """The locations' learning rate and weight decay (:func:`lsts_optimizer_overrides`)."""
+        return self._overrides
