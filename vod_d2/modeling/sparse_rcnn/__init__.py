@@ -1,0 +1,29 @@
+"""
+Sparse R-CNN (Sun et al., CVPR 2021) and SparseVOD's Temporal Dynamic Head (Hashmi et al.,
+BMVC 2022): learnable proposals, the iterative dynamic head, the set-prediction loss, TFE and
+SPFA, and the AdamW optimizer of their schedule.
+"""
+
+from .criterion import HungarianMatcher, SetCriterion
+from .head import SparseRCNNHead, StageOutput, sparse_rcnn_inference
+from .optimizer import build_sparse_rcnn_optimizer
+from .proposals import LearnableProposals
+from .stage import DynamicInstanceInteraction, SparseRCNNStage
+from .temporal import SemanticProposalAggregation, TemporalFeatureExtraction, support_roi_features
+from .temporal_head import TemporalDynamicHead
+
+__all__ = [
+    "DynamicInstanceInteraction",
+    "HungarianMatcher",
+    "LearnableProposals",
+    "SemanticProposalAggregation",
+    "SetCriterion",
+    "SparseRCNNHead",
+    "SparseRCNNStage",
+    "StageOutput",
+    "TemporalDynamicHead",
+    "TemporalFeatureExtraction",
+    "build_sparse_rcnn_optimizer",
+    "sparse_rcnn_inference",
+    "support_roi_features",
+]
