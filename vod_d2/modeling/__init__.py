@@ -1,11 +1,24 @@
-"""Models of vod_d2: meta-architectures and temporal aggregation modules."""
+"""Models of vod_d2: the streaming core, meta-architectures and temporal modules."""
 
-from .meta_arch import FeatureWindow, VideoRCNN
-from .temporal import TEMPORAL_AGGREGATION_REGISTRY, build_temporal_aggregation
+from .frames import FrameInfo, GlobalSupport, NoSupport, SupportPolicy, WindowSupport
+from .meta_arch import VideoDetector, VideoRCNN
+from .temporal import (
+    TEMPORAL_AGGREGATION_REGISTRY,
+    TemporalAggregation,
+    TemporalModule,
+    build_temporal_aggregation,
+)
 
 __all__ = [
-    "FeatureWindow",
+    "FrameInfo",
+    "GlobalSupport",
+    "NoSupport",
+    "SupportPolicy",
+    "WindowSupport",
+    "VideoDetector",
     "VideoRCNN",
     "TEMPORAL_AGGREGATION_REGISTRY",
+    "TemporalAggregation",
+    "TemporalModule",
     "build_temporal_aggregation",
 ]

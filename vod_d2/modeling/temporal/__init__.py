@@ -1,12 +1,19 @@
 """Temporal aggregation modules; importing this package registers them."""
 
-from .build import TEMPORAL_AGGREGATION_REGISTRY, build_temporal_aggregation
+from .build import (
+    TEMPORAL_AGGREGATION_REGISTRY,
+    TemporalAggregation,
+    TemporalModule,
+    build_temporal_aggregation,
+)
 from .single_frame import SingleFrameAggregation
 from .stmn import STMNAggregation, STMNSingleFrameAggregation
 from .stsn import SpatioTemporalSamplingBlock, SSNAggregation, STSNAggregation
 
 __all__ = [
     "TEMPORAL_AGGREGATION_REGISTRY",
+    "TemporalAggregation",
+    "TemporalModule",
     "build_temporal_aggregation",
     "SingleFrameAggregation",
     "STMNAggregation",
