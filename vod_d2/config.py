@@ -157,6 +157,14 @@ def _add_sparse_rcnn_config(cfg):
     cfg.MODEL.SPARSEVOD.SPFA.AGGREGATION = "MSA"
     # Attention heads of SPFA's "MSA".
     cfg.MODEL.SPARSEVOD.SPFA.NUM_HEADS = 8
+    # Support frames of every test frame, spread uniformly over the whole video (Table 5: 6).
+    # Training draws INPUT.VIDEO.TRAIN_NUM_SUPPORT with INPUT.VIDEO.TRAIN_SAMPLING "global".
+    cfg.MODEL.SPARSEVOD.TEST_NUM_SUPPORT = 6
+    # Seed of the test-time draw (the same frames for a video of a given length).
+    cfg.MODEL.SPARSEVOD.TEST_SUPPORT_SEED = 0
+    # Read a uniform sample of past frames only, even when the video's length is known (the
+    # streaming variant, used anyway when the length is unknown).
+    cfg.MODEL.SPARSEVOD.ONLINE = False
 
     # Optimizer the trainer builds: "SGD" (detectron2's build_optimizer) or "ADAMW"
     # (vod_d2.modeling.sparse_rcnn.build_sparse_rcnn_optimizer, which also accepts

@@ -1,5 +1,6 @@
 """Models of vod_d2: the streaming core, meta-architectures and temporal modules."""
 
+from . import sparse_rcnn  # noqa: F401  (registers SparseRCNN and SparseVOD)
 from .frames import FrameInfo, GlobalSupport, NoSupport, SupportPolicy, WindowSupport
 from .meta_arch import VideoDetector, VideoRCNN
 from .temporal import (
