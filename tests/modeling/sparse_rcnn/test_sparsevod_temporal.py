@@ -247,6 +247,8 @@ def test_switches_build_the_ablations():
         _temporal_head(TFE_AGGREGATION="SUM")
     with pytest.raises(ValueError, match="MODEL.SPARSEVOD.SPFA.NUM_HEADS=3 must divide"):
         _temporal_head(SPFA_NUM_HEADS=3)
+    with pytest.raises(ValueError, match=r"MODEL.SPARSEVOD.TFE.TOP_K must be an int in \[1, 32\]"):
+        _temporal_head(TFE_TOP_K=33)
 
 
 def test_missing_or_misshapen_supports_fail_clearly():

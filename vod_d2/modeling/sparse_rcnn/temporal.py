@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from vod_d2.layers import temporal_roi_align
+from vod_d2.layers.temporal_roi_align import MAX_K
 
 __all__ = [
     "AGGREGATIONS",
@@ -82,6 +83,8 @@ class TemporalFeatureExtraction(nn.Module):
             raise ValueError(
                 f"MODEL.SPARSEVOD.TFE.NUM_HEADS={num_heads} must divide the FPN width ({dim})"
             )
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise ValueError(f"MODEL.SPARSEVOD.TFE.TOP_K must be an int in [1, {MAX_K}], got {k!r}")
         self.k = k
         self.num_heads = num_heads
         self.aggregation = aggregation
