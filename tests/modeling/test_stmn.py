@@ -462,6 +462,27 @@ def test_widened_heads_see_two_equal_memories_as_the_single_frame_feature(tiny_c
     )
 
 
+def test_a_plain_single_frame_detector_transfers_as_an_identity_conv(tiny_cfg):
+    plain = _build(_stmn_cfg(tiny_cfg, aggregation="SingleFrameAggregation", window=(0, 0)))
+    width = plain.backbone.output_shape()["res5"].channels
+    stmn = _build(_stmn_cfg(tiny_cfg, MEMORY_CHANNELS=width))
+    state, report = transfer_single_frame_weights(plain.state_dict(), stmn.state_dict())
+    stmn.load_state_dict(state)
+    features = torch.relu(torch.randn(2, width, 5, 6, generator=torch.Generator().manual_seed(8)))
+    for direction in [
+        stmn.temporal_aggregation.forward_memory,
+        stmn.temporal_aggregation.backward_memory,
+    ]:
+        # W_z F = W_r F = W F = F: the static detector's map (post-ReLU) passes unchanged.
+        for block in direction.cell.project(features).chunk(3, dim=1):
+            torch.testing.assert_close(block, features)
+    assert any(k.endswith("rpn_head.conv.weight") for k in report.widened)
+    # Narrower memories cannot be an identity: the error names the way out.
+    narrow = _build(_stmn_cfg(tiny_cfg))
+    with pytest.raises(KeyError, match="--source-conv"):
+        transfer_single_frame_weights(plain.state_dict(), narrow.state_dict())
+
+
 def test_weight_transfer_errors_name_the_conv(tiny_cfg):
     single, stmn = _single_frame_and_stmn(tiny_cfg)
     source = single.state_dict()

@@ -1,8 +1,10 @@
 """VideoTrainer: detectron2's DefaultTrainer with video loaders, evaluator and inference loop."""
 
+import contextlib
 import logging
 from collections import OrderedDict
 
+import detectron2.engine.defaults as d2_defaults
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, print_csv_format
 from detectron2.utils import comm
@@ -33,12 +35,42 @@ def build_video_postprocess(cfg):
     return apply
 
 
+def create_ddp_model(model, **kwargs):
+    """
+    detectron2's ``create_ddp_model`` for models on any device: it passes
+    ``device_ids=[local rank]``, which DistributedDataParallel refuses for a model on the CPU
+    (multi-process CPU training with gloo); a CPU model gets ``device_ids=None`` instead.
+    """
+    if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
+        kwargs.setdefault("device_ids", None)
+    return _create_ddp_model(model, **kwargs)
+
+
+_create_ddp_model = d2_defaults.create_ddp_model
+
+
+@contextlib.contextmanager
+def _cpu_aware_ddp():
+    """DefaultTrainer.__init__ wraps the model with the module-level create_ddp_model of
+    detectron2.engine.defaults; this is the one place to give it :func:`create_ddp_model`."""
+    d2_defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = _create_ddp_model
+
+
 class VideoTrainer(DefaultTrainer):
     """
     Trains and evaluates vod_d2 models with detectron2's loop, hooks, checkpointer and AMP;
     only the data loaders, the evaluator and the test loop (which walks videos in order and
-    resets the model's state at each new video) are specific to video.
+    resets the model's state at each new video) are specific to video, and multi-process
+    training also works for models on the CPU (gloo).
     """
+
+    def __init__(self, cfg):
+        with _cpu_aware_ddp():
+            super().__init__(cfg)
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -6,6 +6,14 @@ from .build import (
     TemporalModule,
     build_temporal_aggregation,
 )
+from .lsts import (
+    LSTS,
+    DenseFeatureAggregation,
+    LSTSFeatureFusion,
+    SparseRecursiveFeatureUpdate,
+    TransformUnit,
+    lsts_optimizer_overrides,
+)
 from .single_frame import SingleFrameAggregation
 from .stmn import STMNAggregation, STMNSingleFrameAggregation
 from .stsn import SpatioTemporalSamplingBlock, SSNAggregation, STSNAggregation
@@ -15,6 +23,12 @@ __all__ = [
     "TemporalAggregation",
     "TemporalModule",
     "build_temporal_aggregation",
+    "LSTS",
+    "DenseFeatureAggregation",
+    "LSTSFeatureFusion",
+    "SparseRecursiveFeatureUpdate",
+    "TransformUnit",
+    "lsts_optimizer_overrides",
     "SingleFrameAggregation",
     "STMNAggregation",
     "STMNSingleFrameAggregation",
