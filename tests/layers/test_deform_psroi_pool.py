@@ -287,6 +287,25 @@ def test_empty_rois(fn):
     assert offsets.grad.shape == (0, 2, 3, 3)
 
 
+@requires_extension
+def test_deterministic_cpu(deterministic_algorithms):
+    # The CPU backward writes without atomics: allowed in deterministic mode, and repeatable.
+    features, rois, offsets = _inputs("cpu", dtype=torch.float32, r=20)
+    first, second = (
+        _grads(lambda *t: deform_ps_roi_pool(*t, 3, 0.5), features, rois, offsets) for _ in range(2)
+    )
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@requires_cuda
+def test_deterministic_mode_refuses_cuda_backward(deterministic_algorithms):
+    # The input gradient is accumulated with atomics, as in torchvision's kernels.
+    features, rois, offsets = _inputs("cuda", dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="deterministic"):
+        _grads(lambda *t: deform_ps_roi_pool(*t, 3, 0.5), features, rois, offsets)
+
+
 def test_fallback_to_reference(without_extension, caplog):
     features, rois, offsets = _inputs("cpu")
     with caplog.at_level(logging.WARNING, logger=_ext.__name__):

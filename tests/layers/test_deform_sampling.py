@@ -279,6 +279,23 @@ def test_empty_inputs():
     assert deformable_similarity_sampling(query, key, value, offsets).shape == (1, 4, 0, 5)
 
 
+@requires_extension
+def test_deterministic_cpu(deterministic_algorithms):
+    # The CPU backward writes without atomics: allowed in deterministic mode, and repeatable.
+    inputs = _inputs("cpu", dtype=torch.float32, per_position=True)
+    first, second = (_grads(deformable_similarity_sampling, inputs) for _ in range(2))
+    assert torch.equal(first[0], second[0])
+    for a, b in zip(first[1], second[1]):
+        assert torch.equal(a, b)
+
+
+@requires_cuda
+def test_deterministic_mode_refuses_cuda_backward(deterministic_algorithms):
+    # The scatter of the key and value gradients uses atomics.
+    with pytest.raises(RuntimeError, match="deterministic"):
+        _grads(deformable_similarity_sampling, _inputs("cuda", dtype=torch.float32))
+
+
 def test_fallback_to_reference(without_extension, caplog):
     inputs = _inputs("cpu")
     with caplog.at_level(logging.WARNING, logger=_ext.__name__):

@@ -303,6 +303,23 @@ def test_no_channels(fn):
         assert support_maps.grad.shape == support_maps.shape
 
 
+@requires_extension
+def test_deterministic_cpu(deterministic_algorithms):
+    # The CPU backward writes without atomics: allowed in deterministic mode, and repeatable.
+    inputs = _grouped_inputs("cpu", r=20, dtype=torch.float32)
+    first, second = (_grads(lambda *t: temporal_roi_align(*t, 4), *inputs) for _ in range(2))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@requires_cuda
+def test_deterministic_mode_refuses_cuda_backward(deterministic_algorithms):
+    # The support gradient is accumulated with atomics.
+    inputs = _grouped_inputs("cuda", dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="deterministic"):
+        _grads(lambda *t: temporal_roi_align(*t, 4), *inputs)
+
+
 def test_fallback_to_reference(without_extension, caplog):
     inputs = _inputs("cpu")
     with caplog.at_level(logging.WARNING, logger=_ext.__name__):

@@ -97,6 +97,35 @@ def _normalize(similarity, normalization, eps):
     return similarity / (similarity.sum(dim=1, keepdim=True) + eps)
 
 
+def _num_points(offsets):
+    return offsets.shape[0] if offsets.dim() == 2 else offsets.shape[1] // 2
+
+
+@_ext.register_fake("deform_similarity_forward")
+def _similarity_fake(query, key, offsets):
+    b, _, h, w = query.shape
+    return query.new_empty(b, _num_points(offsets), h, w)
+
+
+@_ext.register_fake("deform_similarity_backward")
+def _similarity_backward_fake(grad_similarity, query, key, offsets):
+    return query.new_empty(query.shape), key.new_empty(key.shape), offsets.new_empty(offsets.shape)
+
+
+@_ext.register_fake("deform_aggregate_forward")
+def _aggregate_fake(weights, value, offsets):
+    return value.new_empty(value.shape)
+
+
+@_ext.register_fake("deform_aggregate_backward")
+def _aggregate_backward_fake(grad_output, weights, value, offsets):
+    return (
+        weights.new_empty(weights.shape),
+        value.new_empty(value.shape),
+        offsets.new_empty(offsets.shape),
+    )
+
+
 class _DeformSimilarity(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, offsets):
