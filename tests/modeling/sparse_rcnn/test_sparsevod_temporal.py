@@ -9,7 +9,6 @@ from vod_d2.modeling.sparse_rcnn import (
     SparseRCNNHead,
     TemporalDynamicHead,
     TemporalFeatureExtraction,
-    support_roi_features,
 )
 
 SIZES = [(64, 64), (48, 60)]
@@ -21,18 +20,6 @@ def _randomize(module, seed=1):
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=g) / max(p[0].numel(), 1) ** 0.5)
     return module
-
-
-def test_support_roi_features_meet_each_support_map_of_their_image():
-    g = torch.Generator().manual_seed(0)
-    rois = torch.randn(5, 4, 3, 3, generator=g)
-    maps = torch.randn(2, 3, 4, 6, 5, generator=g)  # B = 2 targets, T = 3 supports each
-    roi_image = torch.tensor([1, 0, 1, 1, 0])
-    out = support_roi_features(rois, maps, roi_image, k=2)
-    assert out.shape == (5, 3, 4, 3, 3)
-    for t in range(3):
-        expected = temporal_roi_align(rois, maps[:, t], roi_image, 2)
-        torch.testing.assert_close(out[:, t], expected)
 
 
 def _block_map(blocks=6, block=2, dim=DIM, seed=0):
@@ -96,7 +83,7 @@ def test_tfe_msa_weights_are_a_softmax_over_frames_of_embedding_products():
         tfe.embed.weight[:, :, 1, 1] = torch.eye(DIM)
         tfe.embed.bias.zero_()
     out = tfe(rois, maps, roi_image, torch.zeros(3, dtype=torch.int64))
-    frames = torch.cat([rois[:, None], support_roi_features(rois, maps[0], roi_image, 3)], 1)
+    frames = torch.cat([rois[:, None], temporal_roi_align(rois, maps[0], roi_image, 3)], 1)
     weights = ((frames[:, :1] * frames).sum(2) / DIM**0.5).softmax(dim=1)
     torch.testing.assert_close(out, (weights[:, :, None] * frames).sum(1))
 
@@ -264,3 +251,20 @@ def test_missing_or_misshapen_supports_fail_clearly():
     with pytest.raises(ValueError, match=r"must be \(num_stages=2, B=2, T, N, d\)"):
         head(features, SIZES, maps, objects[:1])
     assert set(maps) == set(LEVELS)
+
+
+@pytest.mark.parametrize("tfe, spfa", [(True, False), (False, True)])
+def test_each_target_reads_its_own_support_frames(tfe, spfa):
+    head = _temporal_head(tfe=tfe, spfa=spfa)
+    if spfa:
+        _randomize(head.spfa)
+    features = fpn_features(2)
+    maps, objects = _supports(head, 2)
+    other_maps, other_objects = _supports(head, 2, seed=9)
+    # Target 1 gets other support frames; target 0 keeps its own.
+    mixed_maps = {k: torch.stack([v[0], other_maps[k][1]]) for k, v in maps.items()}
+    mixed_objects = torch.stack([objects[:, 0], other_objects[:, 1]], dim=1)
+    a = head(features, SIZES, maps, objects)[-1]
+    b = head(features, SIZES, mixed_maps, mixed_objects)[-1]
+    torch.testing.assert_close(a.logits[0], b.logits[0])
+    assert not torch.allclose(a.logits[1], b.logits[1])

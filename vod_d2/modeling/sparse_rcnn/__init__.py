@@ -11,7 +11,7 @@ from .meta_arch import PastFramesSupport, SparseRCNN, SparseVOD
 from .optimizer import build_sparse_rcnn_optimizer
 from .proposals import LearnableProposals
 from .stage import DynamicInstanceInteraction, SparseRCNNStage
-from .temporal import SemanticProposalAggregation, TemporalFeatureExtraction, support_roi_features
+from .temporal import SemanticProposalAggregation, TemporalFeatureExtraction
 from .temporal_head import TemporalDynamicHead
 
 __all__ = [
@@ -30,5 +30,4 @@ __all__ = [
     "TemporalFeatureExtraction",
     "build_sparse_rcnn_optimizer",
     "sparse_rcnn_inference",
-    "support_roi_features",
 ]

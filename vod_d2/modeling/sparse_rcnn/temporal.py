@@ -13,7 +13,6 @@ from vod_d2.layers.temporal_roi_align import MAX_K
 
 __all__ = [
     "AGGREGATIONS",
-    "support_roi_features",
     "TemporalFeatureExtraction",
     "SemanticProposalAggregation",
 ]
@@ -27,36 +26,12 @@ def _check_aggregation(key, aggregation):
         raise ValueError(f"{key}={aggregation!r} is not one of {AGGREGATIONS}")
 
 
-def support_roi_features(roi_features, support_maps, roi_image, k):
-    """
-    Each target RoI against each of its image's T support maps by Temporal RoI Align: for
-    every RoI cell, the softmax-weighted mean of the K support locations of highest cosine
-    similarity (:func:`vod_d2.layers.temporal_roi_align`).
-
-    Args:
-        roi_features (Tensor): (R, C, S, S) RoI features of the target frames.
-        support_maps (Tensor): (B, T, C, H, W) the T support maps of each of the B targets.
-        roi_image (Tensor): (R,) int64 target image of each RoI, in [0, B).
-        k (int): number of most similar support locations per cell.
-
-    Returns:
-        Tensor: (R, T, C, S, S) the RoIs' most similar features in every support map.
-    """
-    r = roi_features.shape[0]
-    t = support_maps.shape[1]
-    # The op takes one support map per RoI: RoI i meets maps roi_image[i] * T + (0 .. T-1).
-    index = roi_image[:, None] * t + torch.arange(t, device=roi_image.device)
-    out = temporal_roi_align(
-        roi_features.repeat_interleave(t, dim=0), support_maps.flatten(0, 1), index.flatten(), k
-    )
-    return out.view(r, t, *roi_features.shape[1:])
-
-
 class TemporalFeatureExtraction(nn.Module):
     """
     TFE: a target RoI feature ``P_t`` (d, S, S) fused with its most similar features in the T
-    support frames (:func:`support_roi_features`, on the support maps of the FPN level the RoI
-    was pooled from), per RoI cell m:
+    support frames (:func:`vod_d2.layers.temporal_roi_align`: for each RoI cell, the
+    softmax-weighted mean of the K support locations of highest cosine similarity, on the
+    support maps of the FPN level the RoI was pooled from), per RoI cell m:
 
     ``out(m) = sum_j w_j(m) X_j(m)`` over ``X_0 = P_t`` and the T temporal RoI features
     ``X_1..X_T``.
@@ -115,7 +90,7 @@ class TemporalFeatureExtraction(nn.Module):
             inds = (roi_level == level).nonzero().squeeze(1)
             if inds.numel():
                 temporal = temporal.index_put(
-                    (inds,), support_roi_features(roi_features[inds], maps, roi_image[inds], self.k)
+                    (inds,), temporal_roi_align(roi_features[inds], maps, roi_image[inds], self.k)
                 )
         candidates = torch.cat([roi_features[:, None], temporal], dim=1)  # (R, T + 1, d, S, S)
         if self.aggregation == "AVG":
