@@ -17,6 +17,7 @@ def add_vod_config(cfg):
     _add_lsts_config(cfg)
     _add_flow_config(cfg)
     _add_impression_config(cfg)
+    _add_sparse_rcnn_config(cfg)
 
 
 def _add_video_config(cfg):
@@ -245,3 +246,69 @@ def _add_impression_config(cfg):
     cfg.MODEL.IMPRESSION.GATE = 1.0
     # Widths of N_q's 3x3 and first 1x1 conv (§3.3: 256, 16; a 1-channel 1x1 conv follows).
     cfg.MODEL.IMPRESSION.QUALITY_DIMS = (256, 16)
+
+
+def _add_sparse_rcnn_config(cfg):
+    """
+    Sparse R-CNN (Sun et al., CVPR 2021) and SparseVOD (Hashmi et al., BMVC 2022) keys
+    (vod_d2.modeling.sparse_rcnn). The proposal width d is MODEL.FPN.OUT_CHANNELS; the head
+    also reads MODEL.ROI_HEADS.IN_FEATURES and NUM_CLASSES, and its RoIAlign
+    MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION, POOLER_SAMPLING_RATIO and POOLER_TYPE.
+    """
+    cfg.MODEL.SPARSE_RCNN = CN()
+    # Learnable proposal boxes and features (paper: 100).
+    cfg.MODEL.SPARSE_RCNN.NUM_PROPOSALS = 100
+    # Iterative stages of the dynamic head (paper: 6; SparseVOD's Table 3 varies it).
+    cfg.MODEL.SPARSE_RCNN.NUM_STAGES = 6
+    # Heads of each stage's self-attention among the proposals.
+    cfg.MODEL.SPARSE_RCNN.NUM_HEADS = 8
+    # Hidden width of each stage's FFN.
+    cfg.MODEL.SPARSE_RCNN.DIM_FEEDFORWARD = 2048
+    # Dropout after the self-attention, the instance interaction and in the FFN.
+    cfg.MODEL.SPARSE_RCNN.DROPOUT = 0.0
+    # Width between the two dynamic 1x1 convs of the instance interaction (paper: 64).
+    cfg.MODEL.SPARSE_RCNN.DIM_DYNAMIC = 64
+    # Linear-LayerNorm-ReLU layers before the class logits and before the box deltas.
+    cfg.MODEL.SPARSE_RCNN.NUM_CLS_LAYERS = 1
+    cfg.MODEL.SPARSE_RCNN.NUM_REG_LAYERS = 3
+    # Weights of the focal, L1 and GIoU terms, in the matching cost and the loss (2, 5, 2).
+    cfg.MODEL.SPARSE_RCNN.CLASS_WEIGHT = 2.0
+    cfg.MODEL.SPARSE_RCNN.L1_WEIGHT = 5.0
+    cfg.MODEL.SPARSE_RCNN.GIOU_WEIGHT = 2.0
+    # Focal loss alpha and gamma, and the initial probability of every class.
+    cfg.MODEL.SPARSE_RCNN.FOCAL_ALPHA = 0.25
+    cfg.MODEL.SPARSE_RCNN.FOCAL_GAMMA = 2.0
+    cfg.MODEL.SPARSE_RCNN.PRIOR_PROB = 0.01
+    # The set-prediction loss on every stage (paper) rather than on the last only.
+    cfg.MODEL.SPARSE_RCNN.DEEP_SUPERVISION = True
+
+    cfg.MODEL.SPARSEVOD = CN()
+    cfg.MODEL.SPARSEVOD.TFE = CN()
+    # Temporal RoI Feature Extraction in every stage (Table 2); False: RoIAlign on the target.
+    cfg.MODEL.SPARSEVOD.TFE.ENABLED = True
+    # How TFE fuses the target's and the supports' RoI features: "MSA" or "AVG" (Table 4).
+    cfg.MODEL.SPARSEVOD.TFE.AGGREGATION = "MSA"
+    # Attention heads of TFE's "MSA" (channel groups with their own weights).
+    cfg.MODEL.SPARSEVOD.TFE.NUM_HEADS = 4
+    # Most similar support locations per RoI cell in Temporal RoI Align (at most 32).
+    cfg.MODEL.SPARSEVOD.TFE.TOP_K = 2
+    cfg.MODEL.SPARSEVOD.SPFA = CN()
+    # Semantic Proposal Feature Aggregation in every stage (Table 2); False: none.
+    cfg.MODEL.SPARSEVOD.SPFA.ENABLED = True
+    # How SPFA aggregates the supports' object features: "MSA" (Eq. 1) or "AVG" (Table 4).
+    cfg.MODEL.SPARSEVOD.SPFA.AGGREGATION = "MSA"
+    # Attention heads of SPFA's "MSA".
+    cfg.MODEL.SPARSEVOD.SPFA.NUM_HEADS = 8
+    # Support frames of every test frame, spread uniformly over the whole video (Table 5: 6).
+    # Training draws INPUT.VIDEO.TRAIN_NUM_SUPPORT with INPUT.VIDEO.TRAIN_SAMPLING "global".
+    cfg.MODEL.SPARSEVOD.TEST_NUM_SUPPORT = 6
+    # Seed of the test-time draw (the same frames for a video of a given length).
+    cfg.MODEL.SPARSEVOD.TEST_SUPPORT_SEED = 0
+    # Read a uniform sample of past frames only, even when the video's length is known (the
+    # streaming variant, used anyway when the length is unknown).
+    cfg.MODEL.SPARSEVOD.ONLINE = False
+
+    # Optimizer the trainer builds: "SGD" (detectron2's build_optimizer) or "ADAMW"
+    # (vod_d2.modeling.sparse_rcnn.build_sparse_rcnn_optimizer, which also accepts
+    # SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model": one norm over all gradients).
+    cfg.SOLVER.OPTIMIZER = "SGD"

@@ -1,8 +1,16 @@
+import logging
+
 import pytest
 import torch
 import torchvision
+from _testing import requires_cuda, requires_extension
 
-from vod_d2.layers import DeformPSRoIPool, deform_ps_roi_pool, deform_ps_roi_pool_reference
+from vod_d2.layers import (
+    DeformPSRoIPool,
+    _ext,
+    deform_ps_roi_pool,
+    deform_ps_roi_pool_reference,
+)
 
 
 def _rois(num_rois, num_images, height, width, spatial_scale, dtype, generator, device="cpu"):
@@ -46,6 +54,26 @@ def check_zero_offsets_are_ps_roi_align(fn, device):
 
 def test_zero_offsets_are_ps_roi_align_reference():
     check_zero_offsets_are_ps_roi_align(deform_ps_roi_pool_reference, "cpu")
+
+
+@requires_extension
+def test_zero_offsets_are_ps_roi_align_kernel_cpu():
+    check_zero_offsets_are_ps_roi_align(deform_ps_roi_pool, "cpu")
+
+
+@requires_cuda
+def test_zero_offsets_match_ps_roi_align_kernel_cuda():
+    # nvcc contracts multiply-adds differently in the two kernels: close, not equal.
+    g = torch.Generator().manual_seed(0)
+    for k in (1, 3, 7):
+        for sampling_ratio in (-1, 2):
+            features = torch.randn(2, 2 * k * k, 9, 11, generator=g).cuda()
+            rois = _rois(12, 2, 9, 11, 0.5, torch.float32, g, "cuda")
+            torch.testing.assert_close(
+                deform_ps_roi_pool(features, rois, None, k, 0.5, sampling_ratio),
+                torchvision.ops.ps_roi_align(features, rois, k, 0.5, sampling_ratio),
+                msg=f"k={k} sampling_ratio={sampling_ratio}",
+            )
 
 
 def _linear_maps(k, height, width, dtype=torch.float64, device="cpu"):
@@ -107,6 +135,16 @@ def test_hand_computed_reference():
     check_hand_computed(deform_ps_roi_pool_reference, "cpu")
 
 
+@requires_extension
+def test_hand_computed_kernel_cpu():
+    check_hand_computed(deform_ps_roi_pool, "cpu")
+
+
+@requires_cuda
+def test_hand_computed_kernel_cuda():
+    check_hand_computed(deform_ps_roi_pool, "cuda")
+
+
 def check_shift_by_one_bin(fn, device):
     # The same map in every channel group: an offset of one bin width (dx = 1 / (k * gamma))
     # makes bin (i, j) read what bin (i, j + 1) reads without offsets.
@@ -129,8 +167,13 @@ def test_shift_by_one_bin_reference():
     check_shift_by_one_bin(deform_ps_roi_pool_reference, "cpu")
 
 
+@requires_extension
+def test_shift_by_one_bin_kernel_cpu():
+    check_shift_by_one_bin(deform_ps_roi_pool, "cpu")
+
+
 def check_gradcheck(fn, device):
-    features, rois, offsets = _inputs(device, k=2, c_out=2, h=4, w=5, r=4)
+    features, rois, offsets = _inputs(device, k=2, c_out=1, n=1, h=4, w=5, r=4)
     for sampling_ratio in (-1, 2):
         tensors = (features.detach().requires_grad_(), offsets.detach().requires_grad_())
         assert torch.autograd.gradcheck(
@@ -145,13 +188,131 @@ def test_gradcheck_reference():
     check_gradcheck(deform_ps_roi_pool_reference, "cpu")
 
 
-def test_empty_rois_reference():
+@requires_extension
+def test_gradcheck_kernel_cpu():
+    check_gradcheck(deform_ps_roi_pool, "cpu")
+
+
+@requires_cuda
+def test_gradcheck_kernel_cuda():
+    check_gradcheck(deform_ps_roi_pool, "cuda")
+
+
+def _grads(fn, features, rois, offsets, seed=1):
+    features = features.detach().requires_grad_()
+    if offsets is not None:
+        offsets = offsets.detach().requires_grad_()
+    out = fn(features, rois, offsets)
+    weight = torch.randn(
+        out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype
+    ).to(out.device)
+    (out * weight).sum().backward()
+    return out.detach(), features.grad, None if offsets is None else offsets.grad
+
+
+def check_parity(device):
+    cases = [
+        dict(),
+        dict(k=7, c_out=3, h=8, w=10, r=9),  # RoIs larger than the map: large sample grids
+        dict(k=1, r=6, n=3),
+        dict(k=3, h=1, w=5),  # a single row: y always clamped
+        dict(r=0),  # no RoIs
+        dict(contiguous=False),
+        dict(dtype=torch.float32, r=20),
+    ]
+    for case in cases:
+        contiguous = case.pop("contiguous", True)
+        k = case.get("k", 3)
+        features, rois, offsets = _inputs(device, **case)
+        if not contiguous:  # channels-last features, offsets and RoIs seen through views
+            features = features.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+            offsets = offsets.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+            rois = rois.t().contiguous().t()
+            assert not (features.is_contiguous() or offsets.is_contiguous())
+        for sampling_ratio in (-1, 2):
+            for offsets_or_none in (3 * offsets, None):
+                results = [
+                    _grads(
+                        lambda x, r, o: fn(x, r, o, k, 0.5, sampling_ratio),
+                        features,
+                        rois,
+                        offsets_or_none,
+                    )
+                    for fn in (deform_ps_roi_pool, deform_ps_roi_pool_reference)
+                ]
+                msg = f"{case} contiguous={contiguous} sampling_ratio={sampling_ratio}"
+                msg += f" offsets={offsets_or_none is not None}"
+                for name, got, expected in zip(("out", "grad input", "grad offsets"), *results):
+                    torch.testing.assert_close(got, expected, msg=f"{name}: {msg}")
+
+
+@requires_extension
+def test_parity_cpu():
+    check_parity("cpu")
+
+
+@requires_cuda
+def test_parity_cuda():
+    check_parity("cuda")
+
+
+def check_low_precision(device):
+    features, rois, offsets = _inputs(device, dtype=torch.float32, c_out=4)
+    expected = deform_ps_roi_pool_reference(features, rois, offsets, 3, 0.5)
+    for dtype in (torch.float16, torch.bfloat16):
+        out = deform_ps_roi_pool(features.to(dtype), rois.to(dtype), offsets.to(dtype), 3, 0.5)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.05, msg=str(dtype))
+
+
+@requires_extension
+def test_low_precision_cpu():
+    check_low_precision("cpu")
+
+
+@requires_cuda
+def test_low_precision_cuda():
+    check_low_precision("cuda")
+
+
+@pytest.mark.parametrize("fn", [deform_ps_roi_pool, deform_ps_roi_pool_reference])
+def test_empty_rois(fn):
     features, rois, offsets = _inputs("cpu", r=0)
     features.requires_grad_()
-    out = deform_ps_roi_pool_reference(features, rois, offsets, 3, 0.5)
+    offsets.requires_grad_()
+    out = fn(features, rois, offsets, 3, 0.5)
     assert out.shape == (0, 2, 3, 3)
     out.sum().backward()
     assert torch.equal(features.grad, torch.zeros_like(features))
+    assert offsets.grad.shape == (0, 2, 3, 3)
+
+
+@requires_extension
+def test_deterministic_cpu(deterministic_algorithms):
+    # The CPU backward writes without atomics: allowed in deterministic mode, and repeatable.
+    features, rois, offsets = _inputs("cpu", dtype=torch.float32, r=20)
+    first, second = (
+        _grads(lambda *t: deform_ps_roi_pool(*t, 3, 0.5), features, rois, offsets) for _ in range(2)
+    )
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@requires_cuda
+def test_deterministic_mode_refuses_cuda_backward(deterministic_algorithms):
+    # The input gradient is accumulated with atomics, as in torchvision's kernels.
+    features, rois, offsets = _inputs("cuda", dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="deterministic"):
+        _grads(lambda *t: deform_ps_roi_pool(*t, 3, 0.5), features, rois, offsets)
+
+
+def test_fallback_to_reference(without_extension, caplog):
+    features, rois, offsets = _inputs("cpu")
+    with caplog.at_level(logging.WARNING, logger=_ext.__name__):
+        out = deform_ps_roi_pool(features, rois, offsets, 3, 0.5)
+        deform_ps_roi_pool(features, rois, offsets, 3, 0.5)
+    assert torch.equal(out, deform_ps_roi_pool_reference(features, rois, offsets, 3, 0.5))
+    assert len([r for r in caplog.records if "deform_ps_roi_pool" in r.message]) == 1
 
 
 @pytest.mark.parametrize("fn", [deform_ps_roi_pool, deform_ps_roi_pool_reference])
@@ -183,6 +344,37 @@ def test_bad_inputs(fn):
         fn(features, rois, offsets, 3, 0.5, -1, float("nan"))
     with pytest.raises(TypeError, match="offsets must be"):
         fn(features, rois, [0.0], 3, 0.5)
+    with pytest.raises((ValueError, RuntimeError), match="image ind"):
+        fn(features, rois + torch.tensor([2.0, 0, 0, 0, 0], dtype=rois.dtype), offsets, 3, 0.5)
+
+
+@requires_extension
+def test_kernel_checks_its_inputs():
+    # Direct torch.ops calls skip the Python checks; the C++ op still refuses bad input.
+    features, rois, offsets = _inputs("cpu")
+    op = torch.ops.vod_d2.deform_ps_roi_pool_forward
+    with pytest.raises(RuntimeError, match="multiple of output_size"):
+        op(features[:, :10], rois, offsets, 0.5, 3, -1, 0.1)
+    with pytest.raises(RuntimeError, match="rois must be"):
+        op(features, rois[:, :4], offsets, 0.5, 3, -1, 0.1)
+    with pytest.raises(RuntimeError, match="offsets must be"):
+        op(features, rois, offsets[:, :1], 0.5, 3, -1, 0.1)
+    with pytest.raises(RuntimeError, match="dtypes differ"):
+        op(features, rois.float(), offsets, 0.5, 3, -1, 0.1)
+    with pytest.raises(RuntimeError, match="not an image index"):
+        op(
+            features,
+            rois - torch.tensor([5.0, 0, 0, 0, 0], dtype=rois.dtype),
+            None,
+            0.5,
+            3,
+            -1,
+            0.1,
+        )
+    with pytest.raises(RuntimeError, match="grad must be"):
+        torch.ops.vod_d2.deform_ps_roi_pool_backward(
+            features[:1], features, rois, offsets, 0.5, 3, -1, 0.1
+        )
 
 
 def test_module():

@@ -33,6 +33,9 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
+
+from vod_d2.layers import _ext
 
 _OP = "deform_ps_roi_pool"
 
@@ -92,6 +95,47 @@ def _check_inputs(input, rois, offsets, output_size, spatial_scale, sampling_rat
         )
 
 
+def _check_batch_index(rois, num_images):
+    batch = rois[:, 0].long()
+    if batch.numel() and (batch.min() < 0 or batch.max() >= num_images):
+        raise ValueError(
+            f"{_OP}: rois[:, 0] must hold image indices in [0, {num_images}), got "
+            f"[{int(batch.min())}, {int(batch.max())}]"
+        )
+
+
+@_ext.register_fake("deform_ps_roi_pool_forward")
+def _forward_fake(input, rois, offsets, spatial_scale, output_size, sampling_ratio, trans_std):
+    channels_out = input.shape[1] // (output_size * output_size)
+    return input.new_empty(rois.shape[0], channels_out, output_size, output_size)
+
+
+@_ext.register_fake("deform_ps_roi_pool_backward")
+def _backward_fake(
+    grad, input, rois, offsets, spatial_scale, output_size, sampling_ratio, trans_std
+):
+    return input.new_empty(input.shape), input.new_empty(rois.shape[0], 2, output_size, output_size)
+
+
+class _DeformPSRoIPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, rois, offsets, output_size, spatial_scale, sampling_ratio, trans_std):
+        ctx.save_for_backward(input, rois, offsets)
+        ctx.settings = (spatial_scale, output_size, sampling_ratio, trans_std)
+        return torch.ops.vod_d2.deform_ps_roi_pool_forward(
+            input, rois, offsets, spatial_scale, output_size, sampling_ratio, trans_std
+        )
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        input, rois, offsets = ctx.saved_tensors
+        grad_input, grad_offsets = torch.ops.vod_d2.deform_ps_roi_pool_backward(
+            grad, input, rois, offsets, *ctx.settings
+        )
+        return grad_input, None, None if offsets is None else grad_offsets, None, None, None, None
+
+
 def _bilinear(flat_input, planes, y, x, height, width):
     """torchvision's RoIAlign bilinear rule at (y, x), differentiable in y and x.
 
@@ -137,6 +181,7 @@ def deform_ps_roi_pool_reference(
     sample of every bin at a time (plus autograd's copies of them when gradients are needed).
     """
     _check_inputs(input, rois, offsets, output_size, spatial_scale, sampling_ratio, trans_std)
+    _check_batch_index(rois, input.shape[0])
     k = output_size
     n, channels, height, width = input.shape
     c_out = channels // (k * k)
@@ -189,6 +234,11 @@ def deform_ps_roi_pool(
 ):
     """Deformable position-sensitive RoI pooling (Dai et al. 2017, Eq. 4 with R-FCN's layout).
 
+    Runs the compiled op when available for the inputs' device, else
+    :func:`deform_ps_roi_pool_reference` (same semantics, one warning). The CPU kernel and the
+    reference refuse RoIs whose image index is not in [0, N); the CUDA kernel, which does not
+    synchronise to check, gives them zero output and gradient.
+
     Args:
         input (Tensor): (N, C_out * k * k, H, W) position-sensitive score maps; output channel c,
             bin (i, j) reads channel c * k * k + i * k + j.
@@ -206,8 +256,12 @@ def deform_ps_roi_pool(
         Tensor: (R, C_out, k, k) pooled scores.
     """
     _check_inputs(input, rois, offsets, output_size, spatial_scale, sampling_ratio, trans_std)
-    return deform_ps_roi_pool_reference(
-        input, rois, offsets, output_size, spatial_scale, sampling_ratio, trans_std
+    if not _ext.use_kernel(_OP, input.device):
+        return deform_ps_roi_pool_reference(
+            input, rois, offsets, output_size, spatial_scale, sampling_ratio, trans_std
+        )
+    return _DeformPSRoIPool.apply(
+        input, rois, offsets, output_size, float(spatial_scale), sampling_ratio, float(trans_std)
     )
 
 

@@ -1,6 +1,6 @@
 """Models of vod_d2: the streaming core, meta-architectures and temporal modules."""
 
-from . import backbone, flow, roi_heads  # noqa: F401  (registration)
+from . import backbone, flow, roi_heads, sparse_rcnn  # noqa: F401  (registration)
 from .frames import (
     FrameInfo,
     GlobalSupport,
