@@ -10,6 +10,7 @@ def add_vod_config(cfg):
     _add_video_config(cfg)
     _add_key_frame_config(cfg)
     _add_data_config(cfg)
+    _add_solver_config(cfg)
     _add_test_config(cfg)
     _add_stsn_config(cfg)
     _add_stmn_config(cfg)
@@ -45,6 +46,13 @@ def _add_key_frame_config(cfg):
     cfg.MODEL.KEY_FRAME.POSITION = "first"
     # The backbone map that is the heavy feature and that the heads read (R-FCN's reduced res5).
     cfg.MODEL.KEY_FRAME.IN_FEATURE = "res5_reduced"
+
+
+def _add_solver_config(cfg):
+    # Optimizer VideoTrainer builds (vod_d2.engine.optimizer): "SGD" (detectron2's) or "ADAMW"
+    # (Sparse R-CNN's schedule). SOLVER.CLIP_GRADIENTS.CLIP_TYPE also takes "full_model": one
+    # norm over all gradients (Sparse R-CNN, DETR).
+    cfg.SOLVER.OPTIMIZER = "SGD"
 
 
 def _add_data_config(cfg):
@@ -307,8 +315,3 @@ def _add_sparse_rcnn_config(cfg):
     # Read a uniform sample of past frames only, even when the video's length is known (the
     # streaming variant, used anyway when the length is unknown).
     cfg.MODEL.SPARSEVOD.ONLINE = False
-
-    # Optimizer the trainer builds: "SGD" (detectron2's build_optimizer) or "ADAMW"
-    # (vod_d2.modeling.sparse_rcnn.build_sparse_rcnn_optimizer, which also accepts
-    # SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model": one norm over all gradients).
-    cfg.SOLVER.OPTIMIZER = "SGD"

@@ -5,17 +5,15 @@ import logging
 from collections import OrderedDict
 
 import detectron2.engine.defaults as d2_defaults
-import torch
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, print_csv_format
-from detectron2.solver import get_default_optimizer_params
-from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 
 from ..data import build_video_test_loader, build_video_train_loader
 from ..evaluation import VIDEvaluator
 from ..postprocessing import seq_nms_instances, seq_nms_kwargs_from_config
 from .inference import inference_on_videos
+from .optimizer import build_optimizer
 
 __all__ = ["VideoTrainer", "build_video_postprocess"]
 
@@ -77,32 +75,8 @@ class VideoTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """
-        detectron2's SGD optimizer, plus the parameter groups a model asks for: any module of
-        the model with an ``optimizer_overrides()`` method returns ``{parameter name: {"lr": ...,
-        "weight_decay": ...}}`` (detectron2's ``get_default_optimizer_params`` overrides; e.g.
-        LSTS's sampling locations).
-        """
-        overrides = {}
-        for module in model.modules():
-            if callable(getattr(module, "optimizer_overrides", None)):
-                overrides.update(module.optimizer_overrides())
-        params = get_default_optimizer_params(
-            model,
-            base_lr=cfg.SOLVER.BASE_LR,
-            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-            overrides=overrides or None,
-        )
-        sgd = torch.optim.SGD(
-            params,
-            lr=cfg.SOLVER.BASE_LR,
-            momentum=cfg.SOLVER.MOMENTUM,
-            nesterov=cfg.SOLVER.NESTEROV,
-            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-        )
-        return maybe_add_gradient_clipping(cfg, sgd)
+        """:func:`vod_d2.engine.optimizer.build_optimizer` (SGD or AdamW, model overrides)."""
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -11,12 +11,7 @@ from detectron2.utils.events import EventStorage
 
 from vod_d2 import add_vod_config
 from vod_d2.engine import VideoTrainer, run_on_video
-from vod_d2.modeling.sparse_rcnn import (
-    SparseRCNN,
-    SparseVOD,
-    TemporalDynamicHead,
-    build_sparse_rcnn_optimizer,
-)
+from vod_d2.modeling.sparse_rcnn import SparseRCNN, SparseVOD, TemporalDynamicHead
 
 SINGLE = "configs/synthetic/sparse_rcnn.yaml"
 VIDEO = "configs/synthetic/sparsevod.yaml"
@@ -263,11 +258,6 @@ def test_training_loss_reads_the_support_images(module):
 @pytest.mark.usefixtures("synthetic_datasets")
 @pytest.mark.parametrize("path", [SINGLE, VIDEO])
 def test_synthetic_configs_train_then_evaluate_on_cpu(path, tmp_path):
-    class Trainer(VideoTrainer):
-        @classmethod
-        def build_optimizer(cls, cfg, model):
-            return build_sparse_rcnn_optimizer(cfg, model)
-
     cfg = _cfg(
         path,
         **{
@@ -282,7 +272,7 @@ def test_synthetic_configs_train_then_evaluate_on_cpu(path, tmp_path):
     test_cfg = cfg.clone()
     cfg.DATASETS.TEST = ()
     seed_all_rng(cfg.SEED)
-    trainer = Trainer(cfg)
+    trainer = VideoTrainer(cfg)
     trainer.resume_or_load(resume=False)
     before = {k: v.clone() for k, v in trainer.model.head.state_dict().items()}
     trainer.train()

@@ -1,14 +1,13 @@
 """
 Sparse R-CNN (Sun et al., CVPR 2021) and SparseVOD's Temporal Dynamic Head (Hashmi et al.,
 BMVC 2022): learnable proposals, the iterative dynamic head, the set-prediction loss, TFE and
-SPFA, the AdamW optimizer of their schedule, and the meta-architectures SparseRCNN and SparseVOD
+SPFA, and the meta-architectures SparseRCNN and SparseVOD
 (registered in detectron2's META_ARCH_REGISTRY).
 """
 
 from .criterion import HungarianMatcher, SetCriterion
 from .head import SparseRCNNHead, StageOutput, sparse_rcnn_inference
 from .meta_arch import PastFramesSupport, SparseRCNN, SparseVOD
-from .optimizer import build_sparse_rcnn_optimizer
 from .proposals import LearnableProposals
 from .stage import DynamicInstanceInteraction, SparseRCNNStage
 from .temporal import SemanticProposalAggregation, TemporalFeatureExtraction
@@ -28,6 +27,5 @@ __all__ = [
     "StageOutput",
     "TemporalDynamicHead",
     "TemporalFeatureExtraction",
-    "build_sparse_rcnn_optimizer",
     "sparse_rcnn_inference",
 ]

@@ -4,7 +4,7 @@ from detectron2.config import get_cfg
 from torch import nn
 
 from vod_d2 import add_vod_config
-from vod_d2.modeling.sparse_rcnn import build_sparse_rcnn_optimizer
+from vod_d2.engine.optimizer import build_optimizer
 
 
 def _cfg(clip_type=None):
@@ -32,7 +32,7 @@ class _TwoParameters(nn.Module):
 def _clipped_gradients(clip_type):
     # Gradients 3 and 4: norm 5 over the model, 3 and 4 per parameter.
     model = _TwoParameters()
-    optimizer = build_sparse_rcnn_optimizer(_cfg(clip_type), model)
+    optimizer = build_optimizer(_cfg(clip_type), model)
     (3 * model.a + 4 * model.b).sum().backward()
     optimizer.step()
     return model.a.grad.item(), model.b.grad.item()
@@ -40,7 +40,7 @@ def _clipped_gradients(clip_type):
 
 def test_adamw_with_the_papers_settings():
     model = nn.Sequential(nn.Linear(2, 3), nn.LayerNorm(3))
-    optimizer = build_sparse_rcnn_optimizer(_cfg(), model)
+    optimizer = build_optimizer(_cfg(), model)
     assert isinstance(optimizer, torch.optim.AdamW)
     groups = optimizer.param_groups
     assert sum(len(g["params"]) for g in groups) == 4
@@ -55,6 +55,6 @@ def test_full_model_clipping_scales_all_gradients_together():
 
 
 def test_frozen_parameters_are_left_out():
-    optimizer = build_sparse_rcnn_optimizer(_cfg("full_model"), _TwoParameters())
+    optimizer = build_optimizer(_cfg("full_model"), _TwoParameters())
     assert isinstance(optimizer, torch.optim.AdamW)
     assert sum(len(g["params"]) for g in optimizer.param_groups) == 2
