@@ -5,7 +5,8 @@ Paper-sized shapes on a stride-16 map of a ~600 x 1000 frame (38 x 63):
   * deformable similarity sampling (LSTS): query/key C' = 256 (the embedded features), value
     C = 1024, N = 9 shared or per-position offsets;
   * MatchTrans (STMN): C = 512, k = 2, local correlation and local aggregation;
-  * temporal RoIAlign (SparseVOD): C = 1024, R = 100 and 300 RoIs of S = 7, K = 4 and 9;
+  * temporal RoIAlign (SparseVOD): C = 1024, R = 100 and 300 RoIs of S = 7, K = 4 and 9, against
+    one support map, and R = 300 against T = 6 support maps at once (TFE's 6 support frames);
   * deformable PS RoI pooling (deformable R-FCN): R = 300 RoIs, 7 x 7 bins, the class maps of
     C = (30 + 1) * 49 channels and the box maps of 8 * 49, adaptive sampling grid, offsets.
 
@@ -112,9 +113,10 @@ def cases(device, dtype=torch.float32):
     def ps_pool(channels_out, rois):
         return lambda: [rand(1, channels_out * 49, HEIGHT, WIDTH), rand(rois.shape[0], 2, 7, 7)]
 
-    def roi_align(num_rois):
+    def roi_align(num_rois, supports=None):
         index = torch.zeros(num_rois, dtype=torch.int64, device=device)
-        return lambda: [rand(num_rois, 1024, 7, 7), rand(1, 1024, HEIGHT, WIDTH), index]
+        maps = (1, 1024) if supports is None else (1, supports, 1024)
+        return lambda: [rand(num_rois, 1024, 7, 7), rand(*maps, HEIGHT, WIDTH), index]
 
     yield (
         "deform sampling N=9 shared",
@@ -156,6 +158,12 @@ def cases(device, dtype=torch.float32):
                 lambda r, s, i, k=k: temporal_roi_align(r, s, i, k),
                 lambda r, s, i, k=k: temporal_roi_align_reference(r, s, i, k),
             )
+    yield (
+        "temporal_roi_align R=300 K=4 T=6 maps",
+        roi_align(300, supports=6),
+        lambda r, s, i: temporal_roi_align(r, s, i, 4),
+        lambda r, s, i: temporal_roi_align_reference(r, s, i, 4),
+    )
 
 
 def main():

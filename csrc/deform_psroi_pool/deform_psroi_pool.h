@@ -3,8 +3,10 @@
 //
 // Input (N, C_out * k * k, H, W), rois (R, 5) [batch_index, x1, y1, x2, y2] in image coordinates,
 // optional offsets (R, 2, k, k) in (dx, dy) order. For RoI r and bin (i, j):
-//   box on the map   (x1, y1, x2, y2) * spatial_scale - 0.5, width w, height h, bins w/k x h/k
-//   bin start        (x1' + j * w / k + trans_std * dx_rij * w, y1' + i * h / k + trans_std * dy_rij * h)
+//   box on the map   (x1', y1', x2', y2') = (x1, y1, x2, y2) * spatial_scale - 0.5, width w,
+//                    height h, bins of w / k x h / k
+//   bin start (x)    x1' + j * w / k + trans_std * dx_rij * w
+//   bin start (y)    y1' + i * h / k + trans_std * dy_rij * h
 //   out[r, c, i, j]  mean over a g_h x g_w grid of sample centres in the bin of
 //                    bilinear(input[rois[r, 0], c * k * k + i * k + j], y, x)
 // with g = sampling_ratio, or ceil(h / k) and ceil(w / k) when sampling_ratio <= 0, and
@@ -50,10 +52,12 @@ VOD_HOST_DEVICE inline PSRoIBox<acc_t> ps_roi_box(const scalar_t* roi, acc_t spa
   box.bin_h = box.height / static_cast<acc_t>(k);
   box.bin_w = box.width / static_cast<acc_t>(k);
   // As torchvision: no lower bound, so a degenerate box has an empty grid.
-  box.grid_h = sampling_ratio > 0 ? sampling_ratio
-                                  : static_cast<int64_t>(::ceil(box.height / static_cast<acc_t>(k)));
-  box.grid_w = sampling_ratio > 0 ? sampling_ratio
-                                  : static_cast<int64_t>(::ceil(box.width / static_cast<acc_t>(k)));
+  box.grid_h = sampling_ratio > 0
+                   ? sampling_ratio
+                   : static_cast<int64_t>(::ceil(box.height / static_cast<acc_t>(k)));
+  box.grid_w = sampling_ratio > 0
+                   ? sampling_ratio
+                   : static_cast<int64_t>(::ceil(box.width / static_cast<acc_t>(k)));
   box.count = static_cast<acc_t>(box.grid_h * box.grid_w);
   return box;
 }

@@ -59,7 +59,8 @@ at::Tensor deform_ps_roi_pool_forward_cpu(const at::Tensor& input, const at::Ten
             const int64_t bin = task % bins;
             const int64_t i = bin / k;
             const int64_t j = bin % k;
-            const auto box = ps_roi_box<scalar_t, acc_t>(roi_data + r * 5, scale, k, sampling_ratio);
+            const auto box =
+                ps_roi_box<scalar_t, acc_t>(roi_data + r * 5, scale, k, sampling_ratio);
             acc_t hstart, wstart;
             ps_bin_start(box, offset_data, r, i, j, k, gamma, &hstart, &wstart);
             // Plane of output channel c: input channel c * k * k + bin of image box.batch.

@@ -161,13 +161,15 @@ std::tuple<at::Tensor, at::Tensor> temporal_roi_align_backward(
                   grad_output.size(1) == supports && grad_output.size(2) == channels &&
                   grad_output.size(3) == roi_features.size(2) &&
                   grad_output.size(4) == roi_features.size(3),
-              op, ": grad_output ", grad_output.sizes(), " must be (R, T, C, S, S) for roi_features ",
-              roi_features.sizes(), " and T = ", supports);
+              op, ": grad_output ", grad_output.sizes(),
+              " must be (R, T, C, S, S) for roi_features ", roi_features.sizes(), " and T = ",
+              supports);
   TORCH_CHECK(topk_sim.dim() == 4 && topk_sim.size(0) == num_rois &&
                   topk_sim.size(1) == supports && topk_sim.size(2) == cells &&
                   topk_index.sizes() == topk_sim.sizes() &&
                   topk_index.scalar_type() == at::kLong,
-              op, ": topk_sim / topk_index must be the (R, T, S * S, K) outputs of the forward pass");
+              op,
+              ": topk_sim / topk_index must be the (R, T, S * S, K) outputs of the forward pass");
   if (num_rois == 0 || cells == 0 || supports == 0) {
     return {at::zeros_like(roi_features), at::zeros_like(support_features)};
   }

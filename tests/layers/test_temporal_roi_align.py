@@ -228,21 +228,24 @@ def test_grouped_parity_and_gradcheck_cuda():
 def check_zero_norms(fn, device):
     # A zero RoI cell has cosine 0 with every location: all are tied, the lower indices win
     # (0..K-1, with uniform weights), and its clamped norm passes no gradient. A zero support
-    # location is never more similar than another, and its clamped norm only passes the gradient
-    # of its value: finite, like every other gradient (not ~1e12).
+    # location (here flat index 1) has cosine 0 with every cell, and its clamped norm only passes
+    # the gradient of its value: finite, like every other gradient (not ~1e12). With K = H * W
+    # every cell selects it.
     rois, support, batch_index = _grouped_inputs(device, r=4, t=2)
     rois[1, :, 0, 2] = 0
     rois[3, :, 1, 1] = 0
     support[:, :, :, 0, 1] = 0
-    k = 3
-    out, grad_rois, grad_support = _grads(lambda *x: fn(*x, k), rois, support, batch_index)
-    first_k = support.flatten(3)[batch_index[1], :, :, :k].mean(-1)  # (T, C)
-    torch.testing.assert_close(out[1, :, :, 0, 2], first_k)
-    assert torch.equal(grad_rois[1, :, 0, 2], torch.zeros_like(grad_rois[1, :, 0, 2]))
-    assert torch.equal(grad_rois[3, :, 1, 1], torch.zeros_like(grad_rois[3, :, 1, 1]))
-    assert grad_rois.abs().max() < 100 and grad_support.abs().max() < 100
-    assert grad_rois[0].abs().sum() > 0  # the other cells still learn
-    return out, grad_rois, grad_support
+    results = []
+    for k in (3, 20):
+        out, grad_rois, grad_support = _grads(lambda *x: fn(*x, k), rois, support, batch_index)
+        first_k = support.flatten(3)[batch_index[1], :, :, :k].mean(-1)  # (T, C)
+        torch.testing.assert_close(out[1, :, :, 0, 2], first_k, msg=str(k))
+        assert torch.equal(grad_rois[1, :, 0, 2], torch.zeros_like(grad_rois[1, :, 0, 2])), k
+        assert torch.equal(grad_rois[3, :, 1, 1], torch.zeros_like(grad_rois[3, :, 1, 1])), k
+        assert grad_rois.abs().max() < 100 and grad_support.abs().max() < 100, k
+        assert grad_rois[0].abs().sum() > 0, k  # the other cells still learn
+        results += [out, grad_rois, grad_support]
+    return results
 
 
 @requires_extension

@@ -1,21 +1,45 @@
 """Loading of the compiled ops (``vod_d2._C``) and the choice between kernel and reference.
 
 The extension registers its ops as ``torch.ops.vod_d2.*``. Each layer asks :func:`use_kernel`
-whether to call them; when the extension is missing, or was built without CUDA and a tensor is on
-a GPU, the layer runs its pure-PyTorch reference instead and says so once per op and reason.
+whether to call them; when the extension is missing or out of date (it lacks one of the ops), or
+was built without CUDA and a tensor is on a GPU, the layer runs its pure-PyTorch reference
+instead and says so once per op and reason.
 """
 
 import logging
 
 import torch
 
-try:
-    from vod_d2 import _C
+# Every op vod_d2._C registers; a build from older sources that lacks one is not used.
+OPS = (
+    "deform_similarity_forward",
+    "deform_similarity_backward",
+    "deform_aggregate_forward",
+    "deform_aggregate_backward",
+    "local_correlation_forward",
+    "local_correlation_backward",
+    "local_aggregate_forward",
+    "local_aggregate_backward",
+    "temporal_roi_align_forward",
+    "temporal_roi_align_backward",
+    "deform_ps_roi_pool_forward",
+    "deform_ps_roi_pool_backward",
+)
 
-    _IMPORT_ERROR = ""
-except ImportError as e:  # not built (or built against another torch): use the references
-    _C = None
-    _IMPORT_ERROR = str(e)
+
+def _load():
+    """(vod_d2._C, "") when it imports and registers every op of :data:`OPS`, else (None, why)."""
+    try:
+        from vod_d2 import _C
+    except ImportError as e:  # not built (or built against another torch): use the references
+        return None, f"it cannot be imported: {e}"
+    missing = [op for op in OPS if not hasattr(torch.ops.vod_d2, op)]
+    if missing:
+        return None, f"it lacks {', '.join(missing)} (built from older sources)"
+    return _C, ""
+
+
+_C, _IMPORT_ERROR = _load()
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +55,7 @@ def _warn_once(op: str, reason: str) -> None:
 
 
 def extension_available() -> bool:
-    """Whether ``vod_d2._C`` could be imported."""
+    """Whether ``vod_d2._C`` could be imported and has every op."""
     return _C is not None
 
 
@@ -65,7 +89,7 @@ def use_kernel(op: str, device: torch.device) -> bool:
     if _C is None:
         _warn_once(
             op,
-            f"vod_d2._C cannot be imported ({_IMPORT_ERROR}); build it with "
+            f"vod_d2._C is not usable ({_IMPORT_ERROR}); build it with "
             "`pip install --no-build-isolation -e .`",
         )
         return False
