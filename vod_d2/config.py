@@ -12,6 +12,7 @@ def add_vod_config(cfg):
     _add_test_config(cfg)
     _add_stsn_config(cfg)
     _add_stmn_config(cfg)
+    _add_datasets_config(cfg)
 
 
 def _add_video_config(cfg):
@@ -103,3 +104,10 @@ def _add_stmn_config(cfg):
     cfg.MODEL.STMN.MATCHTRANS.K = 2
     # Affinities over the window divided by their "sum" (paper; non-negative features) or "softmax".
     cfg.MODEL.STMN.MATCHTRANS.NORMALIZATION = "sum"
+
+
+def _add_datasets_config(cfg):
+    """Datasets declared on the command line (vod_d2.data.datasets.datasets_file)."""
+    # A YAML/JSON file mapping dataset names to register_video_dataset arguments; train_net.py
+    # and the demo register them in every process before DATASETS.TRAIN/TEST are read.
+    cfg.DATASETS.FILE = ""

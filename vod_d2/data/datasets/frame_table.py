@@ -6,6 +6,7 @@ have no record (``VID_train_15frames.txt`` lists 15 frames of each snippet). For
 the table derives the missing names from the numbered file names of the listed frames
 (``000010.JPEG`` is frame 10), without storing a string per frame.
 """
+
 import os
 from collections.abc import Sequence
 from typing import Dict, Iterable, List, Union

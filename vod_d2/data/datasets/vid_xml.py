@@ -4,6 +4,7 @@ Parser of ILSVRC2015 (ImageNet VID / DET) XML annotation files into compact nump
 This module imports only the standard library and numpy, so the worker processes that parse
 large annotation trees start fast.
 """
+
 import concurrent.futures
 import multiprocessing
 import os
