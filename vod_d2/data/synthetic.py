@@ -589,7 +589,7 @@ def _write_frame(root, kind, stem, frame, objects, size, track: bool) -> None:
         f.write("".join(parts))
 
 
-def main(argv=None) -> None:
+def get_parser() -> argparse.ArgumentParser:
     defaults = _DEFAULT_OPTIONS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     target = parser.add_mutually_exclusive_group(required=True)
@@ -643,7 +643,12 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--width", type=int, help="frame width in pixels (default 160, 320 for --video)"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
+    defaults = _DEFAULT_OPTIONS
     if args.video:
         size = (args.height or 240, args.width or 320)
         write_synthetic_video(args.video, args.num_frames, size, args.seed)

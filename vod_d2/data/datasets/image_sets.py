@@ -165,7 +165,7 @@ def read_vid_image_set(list_file: str, annotation_dir: str) -> FrameList:
 
 def _read_vid_snippet_list(list_file: str, annotation_dir: str, prefix: str) -> FrameList:
     """Every frame of the snippets marked 1 in an official ``VID/train_<k>.txt``."""
-    snippets = [prefix + path for path in _flagged(list_file)]
+    snippets = [prefix + path for path in _positives(list_file)]
     return _whole_videos(
         [(s, _count_annotations(os.path.join(annotation_dir, s), list_file)) for s in snippets]
     )
@@ -186,7 +186,7 @@ def read_det_image_set(list_file: str) -> FrameList:
     official = official_list(list_file)
     prefix = f"{official[1]}/" if official else ""
     if official and official[2]:
-        paths = _flagged(list_file)
+        paths = _positives(list_file)
     else:
         paths = []
         for number, line in _read_lines(list_file):
@@ -265,7 +265,8 @@ def derive_det_train_30classes(root: str, output: str) -> str:
     for name, wnid in zip(VID_CLASSES, VID_WNIDS):
         list_file = os.path.join(folder, f"train_{DET_CLASS_INDEX[name]}.txt")
         paths = _flagged(list_file)[:DET_IMAGES_PER_CLASS]
-        _check_det_class(root, list_file, paths[0], name, wnid)
+        if paths:
+            _check_det_class(root, list_file, paths[0], name, wnid)
         images.update(dict.fromkeys(f"train/{path}" for path in paths))
     _write_lines(output, [f"{path} 1" for path in images])
     return output
@@ -334,6 +335,12 @@ def _flagged(list_file: str) -> List[str]:
             raise ValueError(f"{list_file}:{number}: expected '<path> 1|-1', got {line!r}")
         if fields[1] == "1":
             paths.append(fields[0])
+    return paths
+
+
+def _positives(list_file: str) -> List[str]:
+    """:func:`_flagged`, which must not be empty: the list stands for its positives."""
+    paths = _flagged(list_file)
     if not paths:
         raise ValueError(f"{list_file} marks no line with 1")
     return paths
