@@ -92,7 +92,14 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    parser = default_argument_parser()
+    args = parser.parse_args()
+    flags = [o for o in args.opts if o.startswith("--")]
+    if flags:
+        parser.error(
+            f"{', '.join(flags)} came after the config options, which take everything after "
+            "them as KEY VALUE pairs: put the flags first"
+        )
     try:
         check(args)
     except (ValueError, FileNotFoundError) as e:
