@@ -81,8 +81,8 @@ def load_state_dict(path: str) -> dict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, zipfile.BadZipFile) as e:
         raise ValueError(
-            f"--input {path} is not a PyTorch checkpoint ({type(e).__name__}: {e}); give the "
-            "model_final.pth (or model_*.pth) train_net.py wrote"
+            f"--input {path} is not a PyTorch checkpoint (torch.load raises "
+            f"{type(e).__name__}); give the model_final.pth (or model_*.pth) train_net.py wrote"
         ) from None
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):

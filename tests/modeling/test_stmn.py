@@ -12,6 +12,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
+from tools.weight_transfer import main as weight_transfer_main
 from vod_d2 import add_vod_config
 from vod_d2.engine import VideoTrainer, run_on_video
 from vod_d2.modeling.temporal.stmn import (
@@ -21,7 +22,6 @@ from vod_d2.modeling.temporal.stmn import (
     STMNSingleFrameAggregation,
     bn_star,
 )
-from vod_d2.modeling.temporal.weight_transfer import main as weight_transfer_main
 from vod_d2.modeling.temporal.weight_transfer import transfer_single_frame_weights
 
 STMN_CONFIGS = [
