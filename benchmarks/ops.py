@@ -5,7 +5,9 @@ Paper-sized shapes on a stride-16 map of a ~600 x 1000 frame (38 x 63):
   * deformable similarity sampling (LSTS): query/key C' = 256 (the embedded features), value
     C = 1024, N = 9 shared or per-position offsets;
   * MatchTrans (STMN): C = 512, k = 2, local correlation and local aggregation;
-  * temporal RoIAlign (SparseVOD): C = 1024, R = 100 and 300 RoIs of S = 7, K = 4 and 9.
+  * temporal RoIAlign (SparseVOD): C = 1024, R = 100 and 300 RoIs of S = 7, K = 4 and 9;
+  * deformable PS RoI pooling (deformable R-FCN): R = 300 RoIs, 7 x 7 bins, the class maps of
+    C = (30 + 1) * 49 channels and the box maps of 8 * 49, adaptive sampling grid, offsets.
 
 "forward" runs under torch.no_grad() (inference); "fwd+bwd" runs forward and backward with inputs
 that require grad. Times are medians over the repeats. Peak memory is the increase over the
@@ -13,7 +15,7 @@ memory held before the call: on CUDA from torch.cuda.max_memory_allocated, on CP
 process's peak resident set (VmHWM, reset through /proc/self/clear_refs before each call, with
 glibc told to unmap freed blocks), which also counts allocator and page-granularity overheads.
 
-Usage: python benchmarks/ops.py [--quick] [--device cpu|cuda|all] [--repeats N]
+Usage: python benchmarks/ops.py [--quick] [--device cpu|cuda|all] [--repeats N] [--only NAME]
 """
 
 import argparse
@@ -26,6 +28,8 @@ from _memory import CpuPeak, CudaPeak, release_freed_memory
 
 from vod_d2.layers import (
     _ext,
+    deform_ps_roi_pool,
+    deform_ps_roi_pool_reference,
     deformable_similarity_sampling,
     deformable_similarity_sampling_reference,
     local_aggregate,
@@ -96,6 +100,18 @@ def cases(device, dtype=torch.float32):
     def match_trans(window_channels):
         return lambda: [rand(1, window_channels, HEIGHT, WIDTH), rand(1, 512, HEIGHT, WIDTH)]
 
+    def ps_rois(num_rois):
+        """(R, 5) boxes of 32 to 512 pixels inside the 16 * (38 x 63) image."""
+        size = torch.rand(num_rois, 2, generator=g) * 480 + 32
+        corner = torch.rand(num_rois, 2, generator=g) * (
+            torch.tensor([16.0 * WIDTH, 16.0 * HEIGHT]) - size
+        )
+        boxes = torch.cat([torch.zeros(num_rois, 1), corner, corner + size], dim=1)
+        return boxes.to(device=device, dtype=dtype)
+
+    def ps_pool(channels_out, rois):
+        return lambda: [rand(1, channels_out * 49, HEIGHT, WIDTH), rand(rois.shape[0], 2, 7, 7)]
+
     def roi_align(num_rois):
         index = torch.zeros(num_rois, dtype=torch.int64, device=device)
         return lambda: [rand(num_rois, 1024, 7, 7), rand(1, 1024, HEIGHT, WIDTH), index]
@@ -124,6 +140,14 @@ def cases(device, dtype=torch.float32):
         lambda w, m: local_aggregate(w, m, 2),
         lambda w, m: local_aggregate_reference(w, m, 2),
     )
+    rois = ps_rois(300)
+    for name, channels_out in (("cls", 31), ("box", 8)):
+        yield (
+            f"deform_ps_roi_pool R=300 7x7 {name} C={channels_out}*49",
+            ps_pool(channels_out, rois),
+            lambda x, o, rois=rois: deform_ps_roi_pool(x, rois, o, 7, 1 / 16),
+            lambda x, o, rois=rois: deform_ps_roi_pool_reference(x, rois, o, 7, 1 / 16),
+        )
     for num_rois in (100, 300):
         for k in (4, 9):
             yield (
@@ -139,6 +163,7 @@ def main():
     parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all")
     parser.add_argument("--repeats", type=int, help="timed runs per measurement")
     parser.add_argument("--quick", action="store_true", help="one timed run per measurement")
+    parser.add_argument("--only", default="", help="run only the ops whose name contains this")
     args = parser.parse_args()
     release_freed_memory()
     if not _ext.extension_available():
@@ -150,7 +175,7 @@ def main():
         sys.exit("needs a GPU and vod_d2._C built with CUDA")
 
     header = (
-        f"{'device':6} {'op':34} {'pass':8} {'kernel ms':>10} {'ref ms':>10} {'speedup':>8}"
+        f"{'device':6} {'op':44} {'pass':8} {'kernel ms':>10} {'ref ms':>10} {'speedup':>8}"
         f" {'kernel MiB':>11} {'ref MiB':>9} {'mem ratio':>9}"
     )
     print(
@@ -162,12 +187,14 @@ def main():
     for device in devices:
         repeats = args.repeats or (1 if args.quick else (3 if device == "cpu" else 20))
         for name, make_inputs, kernel, reference in cases(device):
+            if args.only not in name:
+                continue
             for backward in (False, True):
                 k_time, k_mem = measure(kernel, make_inputs, backward, device, repeats)
                 r_time, r_mem = measure(reference, make_inputs, backward, device, repeats)
                 ratio = f"{k_mem / r_mem:9.3f}" if r_mem > 0 else f"{'n/a':>9}"
                 print(
-                    f"{device:6} {name:34} {'fwd+bwd' if backward else 'forward':8}"
+                    f"{device:6} {name:44} {'fwd+bwd' if backward else 'forward':8}"
                     f" {k_time * 1e3:10.1f} {r_time * 1e3:10.1f} {r_time / k_time:7.1f}x"
                     f" {k_mem / MIB:11.1f} {r_mem / MIB:9.1f} {ratio}",
                     flush=True,

@@ -55,14 +55,15 @@ def paper_protocol_overhead(model, image, length, repeats, device):
     """Seconds per frame of encoding ``length`` frames and running both STMN directions once
     over them."""
     module = model.temporal_aggregation
-    features = model.backbone(model._preprocess([image]).tensor)[model.in_feature]
+    features = model.backbone(model.preprocess_image([{"image": image}]).tensor)[model.in_feature]
     frames = features.expand(length, -1, -1, -1).contiguous()
 
     def one_pass():
-        encoded = module.encode(frames)[None]
-        module.run_direction(0, encoded)
+        encoded = {k: v[None] for k, v in module.encode(frames).items()}
+        module.forward_memory(encoded["feature"], encoded["forward_projection"])
         if module.backward_memory is not None:
-            module.run_direction(1, encoded.flip(1))
+            flipped = encoded["feature"].flip(1)
+            module.backward_memory(flipped, encoded["backward_projection"].flip(1))
 
     one_pass()
     synchronize(device)

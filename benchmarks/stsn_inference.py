@@ -67,7 +67,7 @@ def measure(cfg, opts, size, frames, warmup, threads):
     with peak:
         list(run_on_video(model, video[:warmup]))
         with torch.no_grad():
-            per_frame = model.backbone(model._preprocess([video[0]["image"]]).tensor)
+            per_frame = model.backbone(model.preprocess_image([video[0]]).tensor)
         feature_bytes = sum(x.numel() * x.element_size() for x in per_frame.values())
         del per_frame
         backbone = _Timer(model.backbone, device)

@@ -9,7 +9,7 @@ from torch import nn
 
 from vod_d2 import add_vod_config
 from vod_d2.data.synthetic import ensure_synthetic_dataset
-from vod_d2.modeling.temporal import TEMPORAL_AGGREGATION_REGISTRY
+from vod_d2.modeling.temporal import TEMPORAL_AGGREGATION_REGISTRY, TemporalAggregation
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC_CONFIG = "configs/synthetic/single_frame.yaml"
@@ -50,22 +50,40 @@ def _keep_log_propagation():
 if "WindowMeanAggregation" not in TEMPORAL_AGGREGATION_REGISTRY:
 
     @TEMPORAL_AGGREGATION_REGISTRY.register()
-    class WindowMeanAggregation(nn.Module):
+    class WindowMeanAggregation(TemporalAggregation):
         """Test module: mean of the reference and support maps (depends on the whole window)."""
 
         def __init__(self, cfg, input_shape):
-            super().__init__()
-            self._shape = input_shape
+            super().__init__(input_shape)
             self.scale = nn.Parameter(torch.ones(()))
 
-        def forward(self, ref, support, offsets):
-            return self.scale * torch.cat([ref[:, None], support], dim=1).mean(dim=1)
+        def forward(self, ref, support, offsets, frames):
+            stacked = torch.cat([ref["feature"][:, None], support["feature"]], dim=1)
+            return self.scale * stacked.mean(dim=1)
 
-        def output_shape(self):
-            return self._shape
+    @TEMPORAL_AGGREGATION_REGISTRY.register()
+    class RunningMeanAggregation(TemporalAggregation):
+        """
+        Test module with recurrent state: the mean of every frame's map so far in the video
+        (an online memory, updated in encode as each frame arrives).
+        """
+
+        support_keys = ()
+
+        def __init__(self, cfg, input_shape):
+            super().__init__(input_shape)
+            self.reset()
 
         def reset(self):
-            pass
+            self.total, self.count = 0, 0
+
+        def encode(self, feature, frames):
+            self.total = self.total + feature.sum(dim=0, keepdim=True)
+            self.count += feature.shape[0]
+            return {"feature": self.total / self.count}
+
+        def forward(self, ref, support, offsets, frames):
+            return ref["feature"]
 
 
 @pytest.fixture

@@ -15,20 +15,24 @@ with the STMN config and
     MODEL.VIDEO.AGGREGATION STMNSingleFrameAggregation INPUT.VIDEO.TRAIN_SAMPLING none \\
     MODEL.VIDEO.TEST_WINDOW "(0, 0)"
 
-A plain single-frame checkpoint (e.g. of configs/synthetic/single_frame.yaml, without that conv)
-works too: then only the backbone and the layers of matching shape are copied, and the STMM
-cells start fresh (the tool says so).
+A plain single-frame checkpoint (SingleFrameAggregation, e.g. of the shipped
+configs/synthetic/single_frame.yaml) works too: it is the static detector with an identity conv
+before its heads (the map it reads is post-ReLU), so W_z, W_r and W start as that identity when
+MODEL.STMN.MEMORY_CHANNELS equals the map's width, as configs/synthetic/stmn.yaml sets it.
+Otherwise pass --source-conv '' to take the backbone and heads only (the cells start fresh).
 
 What is copied, from the checkpoint to the STMN model of --config-file:
-  * temporal_aggregation.feature_conv (or the conv --source-conv names) -> W_z, W_r and W of
-    each direction's cell; U_z, U_r, U keep their fresh initialisation;
+  * temporal_aggregation.feature_conv (or the conv --source-conv names; the identity for a plain
+    checkpoint) -> W_z, W_r and W of each direction's cell; U_z, U_r, U keep their fresh
+    initialisation;
   * every other tensor with the same name and shape (backbone, RPN, ROI heads);
   * the layers reading the aggregated map see [M_forward, M_backward], twice the single-frame
     channels: they are widened so that the detector is unchanged when both memories equal the
     single-frame feature (outputs copied twice, inputs halved);
   * tensors with no counterpart keep the model's initialisation; each one is logged.
 
-The output folder and the input are checked before the model is built.
+The output folder and the input are checked before the model is built (the input is then read
+a second time by the conversion).
 """
 
 import argparse
@@ -60,16 +64,17 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--source-conv",
-        help=f"conv of the checkpoint that becomes W_z, W_r, W (default: {DEFAULT_SOURCE_CONV} "
-        "when the checkpoint has it, else none); '' to skip the conversion",
+        default=DEFAULT_SOURCE_CONV,
+        help="conv of the checkpoint that becomes W_z, W_r, W (default: %(default)s, or the "
+        "identity for a plain single-frame checkpoint); '' to skip the conversion",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser
 
 
-def load_state_dict(path: str) -> dict:
+def check_input(path: str) -> None:
     """
-    The model state dict of a checkpoint.
+    Check that ``path`` is a checkpoint holding a model state dict.
 
     Raises:
         FileNotFoundError, ValueError: one line naming the file, when it is missing or not a
@@ -87,7 +92,6 @@ def load_state_dict(path: str) -> dict:
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"--input {path} is not a detectron2 checkpoint (a 'model' state dict)")
-    return state
 
 
 def prepare_output(path: str) -> None:
@@ -105,23 +109,14 @@ def prepare_output(path: str) -> None:
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    logger = setup_logger(name="vod_d2")
+    setup_logger(name="vod_d2")
     prepare_output(args.output)
-    state = load_state_dict(args.input)
-    source_conv = args.source_conv
-    if source_conv is None:
-        source_conv = DEFAULT_SOURCE_CONV if f"{DEFAULT_SOURCE_CONV}.weight" in state else ""
-        if not source_conv:
-            logger.warning(
-                f"{args.input} has no {DEFAULT_SOURCE_CONV} (a plain single-frame model): "
-                "copying the backbone and the layers of matching shape; the STMM cells start "
-                "fresh (see --help for the checkpoint the paper starts from)"
-            )
+    check_input(args.input)
     cfg = get_cfg()
     add_vod_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    return convert_checkpoint(cfg, args.input, args.output, source_conv)
+    return convert_checkpoint(cfg, args.input, args.output, args.source_conv)
 
 
 if __name__ == "__main__":

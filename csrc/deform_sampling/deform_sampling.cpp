@@ -11,7 +11,13 @@ void check_common(const char* op, const at::Tensor& per_position, const at::Tens
   check_deform_sampling_inputs(op, per_position, features, offsets);
 }
 
-// (B, N, 2, H * W) per-position offset gradients -> the layout of `offsets`.
+// The offsets as the primitives read them: contiguous, in the features' opmath dtype.
+at::Tensor opmath_offsets(const at::Tensor& offsets, const at::Tensor& features) {
+  return offsets.to(at::toOpMathType(features.scalar_type())).contiguous();
+}
+
+// (B, N, 2, H * W) per-position offset gradients (opmath) -> the layout and dtype of `offsets`;
+// shared offsets sum over the positions in the opmath dtype first.
 at::Tensor offset_grad_like(const at::Tensor& grad, const at::Tensor& offsets) {
   if (offsets.dim() == 2) {
     return grad.sum({0, 3}).to(offsets.scalar_type());
@@ -27,8 +33,8 @@ at::Tensor deform_similarity_forward(const at::Tensor& query, const at::Tensor& 
   check_common(op, query, key, offsets);
   TORCH_CHECK(query.size(1) == key.size(1), op, ": query and key channels differ: ",
               query.sizes(), " vs ", key.sizes());
-  auto result = deform_correlate(query.contiguous(), key.contiguous(), offsets.contiguous(),
-                                 at::Tensor(), false);
+  auto result = deform_correlate(query.contiguous(), key.contiguous(),
+                                 opmath_offsets(offsets, key), at::Tensor(), false);
   return std::get<0>(result).to(query.scalar_type());
 }
 
@@ -42,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_similarity_backward(
               grad_similarity.size(1), " points but the offsets ", num_points);
   const auto q = query.contiguous();
   const auto k = key.contiguous();
-  const auto off = offsets.contiguous();
+  const auto off = opmath_offsets(offsets, key);
   const auto grad = grad_similarity.contiguous();
   // d s[n, p0] / d query[:, p0] = key(p_n); d / d key is the transposed sampling of the query.
   auto grad_query = deform_gather(grad, k, off).to(query.scalar_type());
@@ -58,7 +64,7 @@ at::Tensor deform_aggregate_forward(const at::Tensor& weights, const at::Tensor&
   check_floating(value, op, "value");
   TORCH_CHECK(weights.size(1) == num_points, op, ": weights have ", weights.size(1),
               " points but the offsets ", num_points);
-  return deform_gather(weights.contiguous(), value.contiguous(), offsets.contiguous())
+  return deform_gather(weights.contiguous(), value.contiguous(), opmath_offsets(offsets, value))
       .to(value.scalar_type());
 }
 
@@ -74,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_aggregate_backward(
               " does not match value ", value.sizes());
   const auto w = weights.contiguous();
   const auto v = value.contiguous();
-  const auto off = offsets.contiguous();
+  const auto off = opmath_offsets(offsets, value);
   const auto grad = grad_output.contiguous().to(value.scalar_type());
   auto grad_value = deform_scatter(w, grad, off).to(value.scalar_type());
   // d out / d weights[n] = value(p_n) . grad_out, and the offsets move value(p_n).

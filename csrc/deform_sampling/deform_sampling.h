@@ -82,9 +82,9 @@ VOD_HOST_DEVICE inline BilinearSample<acc_t> bilinear_sample(acc_t y, acc_t x, i
 }
 
 // Sampling location of point n for output position p (flat h * width + w) of image b. Offsets
-// are contiguous, either (N, 2) (`shared`) or (B, 2N, H, W).
-template <typename scalar_t, typename acc_t>
-VOD_HOST_DEVICE inline BilinearSample<acc_t> sample_location(const scalar_t* offsets, bool shared,
+// are contiguous, in the opmath dtype, either (N, 2) (`shared`) or (B, 2N, H, W).
+template <typename acc_t>
+VOD_HOST_DEVICE inline BilinearSample<acc_t> sample_location(const acc_t* offsets, bool shared,
                                                              int64_t b, int64_t n, int64_t p,
                                                              int64_t num_points, int64_t height,
                                                              int64_t width) {
@@ -94,7 +94,7 @@ VOD_HOST_DEVICE inline BilinearSample<acc_t> sample_location(const scalar_t* off
     dx = static_cast<acc_t>(offsets[2 * n + 1]);
   } else {
     const int64_t hw = height * width;
-    const scalar_t* base = offsets + (b * 2 * num_points + 2 * n) * hw + p;
+    const acc_t* base = offsets + (b * 2 * num_points + 2 * n) * hw + p;
     dy = static_cast<acc_t>(base[0]);
     dx = static_cast<acc_t>(base[hw]);
   }
@@ -115,9 +115,14 @@ inline int64_t check_deform_sampling_inputs(const char* op, const at::Tensor& pe
                   per_position.size(3) == features.size(3),
               op, ": batch and spatial sizes differ: ", per_position.sizes(), " vs ",
               features.sizes());
+  const bool low_precision =
+      features.scalar_type() == at::kHalf || features.scalar_type() == at::kBFloat16;
   TORCH_CHECK(per_position.scalar_type() == features.scalar_type() &&
-                  offsets.scalar_type() == features.scalar_type(),
-              op, ": all inputs must have the same dtype");
+                  (offsets.scalar_type() == features.scalar_type() ||
+                   (low_precision && offsets.scalar_type() == at::kFloat)),
+              op, ": all inputs must have the same dtype (or float32 offsets with float16 / ",
+              "bfloat16 features), got ", per_position.scalar_type(), ", ",
+              features.scalar_type(), " and offsets ", offsets.scalar_type());
   TORCH_CHECK(per_position.device() == features.device() && offsets.device() == features.device(),
               op, ": all inputs must be on the same device");
   int64_t num_points;
@@ -137,8 +142,8 @@ inline int64_t check_deform_sampling_inputs(const char* op, const at::Tensor& pe
   return num_points;
 }
 
-// Device primitives (see the file comment). Inputs are contiguous and checked by the caller;
-// outputs are in the opmath dtype (float for half/bfloat16).
+// Device primitives (see the file comment). Inputs are contiguous and checked by the caller, the
+// offsets in the opmath dtype (float for half/bfloat16); outputs are in the opmath dtype.
 at::Tensor deform_gather_cpu(const at::Tensor& weights, const at::Tensor& features,
                              const at::Tensor& offsets);
 at::Tensor deform_scatter_cpu(const at::Tensor& weights, const at::Tensor& grad,

@@ -36,8 +36,8 @@ SamplingGrid sampling_grid(const at::Tensor& features, const at::Tensor& offsets
 
 // Coefficients of every sampling location, laid out (G, N, H * W) with G = 1 for shared offsets
 // and G = B otherwise.
-template <typename scalar_t, typename acc_t>
-std::vector<BilinearSample<acc_t>> sampling_coefficients(const scalar_t* offsets,
+template <typename acc_t>
+std::vector<BilinearSample<acc_t>> sampling_coefficients(const acc_t* offsets,
                                                          const SamplingGrid& grid) {
   const int64_t hw = grid.height * grid.width;
   const int64_t groups = grid.shared ? 1 : grid.batch;
@@ -47,7 +47,7 @@ std::vector<BilinearSample<acc_t>> sampling_coefficients(const scalar_t* offsets
       const int64_t g = gn / grid.num_points;
       const int64_t n = gn % grid.num_points;
       for (int64_t p = 0; p < hw; ++p) {
-        coefficients[gn * hw + p] = sample_location<scalar_t, acc_t>(
+        coefficients[gn * hw + p] = sample_location<acc_t>(
             offsets, grid.shared, g, n, p, grid.num_points, grid.height, grid.width);
       }
     }
@@ -87,7 +87,7 @@ at::Tensor deform_gather_cpu(const at::Tensor& weights, const at::Tensor& featur
       at::kHalf, at::kBFloat16, features.scalar_type(), "deform_gather_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const auto coefficients =
-            sampling_coefficients<scalar_t, acc_t>(offsets.data_ptr<scalar_t>(), grid);
+            sampling_coefficients<acc_t>(offsets.data_ptr<acc_t>(), grid);
         const scalar_t* weight_data = weights.data_ptr<scalar_t>();
         const scalar_t* feature_data = features.data_ptr<scalar_t>();
         acc_t* output_data = output.data_ptr<acc_t>();
@@ -129,7 +129,7 @@ at::Tensor deform_scatter_cpu(const at::Tensor& weights, const at::Tensor& grad,
       at::kHalf, at::kBFloat16, grad.scalar_type(), "deform_scatter_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const auto coefficients =
-            sampling_coefficients<scalar_t, acc_t>(offsets.data_ptr<scalar_t>(), grid);
+            sampling_coefficients<acc_t>(offsets.data_ptr<acc_t>(), grid);
         const scalar_t* weight_data = weights.data_ptr<scalar_t>();
         const scalar_t* grad_data = grad.data_ptr<scalar_t>();
         acc_t* output_data = output.data_ptr<acc_t>();
@@ -183,7 +183,7 @@ std::tuple<at::Tensor, at::Tensor> deform_correlate_cpu(const at::Tensor& x,
       at::kHalf, at::kBFloat16, features.scalar_type(), "deform_correlate_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const auto coefficients =
-            sampling_coefficients<scalar_t, acc_t>(offsets.data_ptr<scalar_t>(), grid);
+            sampling_coefficients<acc_t>(offsets.data_ptr<acc_t>(), grid);
         const scalar_t* x_data = x.data_ptr<scalar_t>();
         const scalar_t* feature_data = features.data_ptr<scalar_t>();
         const scalar_t* coef_data = with_offset_grad ? coef.data_ptr<scalar_t>() : nullptr;

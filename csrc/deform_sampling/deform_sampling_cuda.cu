@@ -2,7 +2,9 @@
 //
 // One thread per output element; the bilinear coefficients are recomputed by each thread
 // (cheaper than reading them back from memory). Gather and correlate are plain reductions; scatter
-// adds into an opmath-typed buffer with atomics (so its float sums are not bit-deterministic).
+// adds into an opmath-typed buffer with atomics (so its float sums are not bit-deterministic, and
+// torch.use_deterministic_algorithms(True) refuses it).
+#include <ATen/Context.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -50,7 +52,7 @@ __device__ __forceinline__ acc_t interpolate(const scalar_t* plane,
 template <typename scalar_t, typename acc_t>
 __global__ void gather_kernel(int64_t total, Grid grid, const scalar_t* __restrict__ weights,
                               const scalar_t* __restrict__ features,
-                              const scalar_t* __restrict__ offsets, acc_t* __restrict__ output) {
+                              const acc_t* __restrict__ offsets, acc_t* __restrict__ output) {
   const int64_t hw = grid.height * grid.width;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
@@ -60,7 +62,7 @@ __global__ void gather_kernel(int64_t total, Grid grid, const scalar_t* __restri
     const scalar_t* plane = features + bc * hw;
     acc_t sum = 0;
     for (int64_t n = 0; n < grid.num_points; ++n) {
-      const auto s = sample_location<scalar_t, acc_t>(offsets, grid.shared, b, n, p,
+      const auto s = sample_location<acc_t>(offsets, grid.shared, b, n, p,
                                                       grid.num_points, grid.height, grid.width);
       const acc_t weight = static_cast<acc_t>(weights[(b * grid.num_points + n) * hw + p]);
       sum += weight * interpolate(plane, s);
@@ -73,7 +75,7 @@ __global__ void gather_kernel(int64_t total, Grid grid, const scalar_t* __restri
 template <typename scalar_t, typename acc_t>
 __global__ void scatter_kernel(int64_t total, Grid grid, const scalar_t* __restrict__ weights,
                                const scalar_t* __restrict__ grad,
-                               const scalar_t* __restrict__ offsets, acc_t* __restrict__ output) {
+                               const acc_t* __restrict__ offsets, acc_t* __restrict__ output) {
   const int64_t hw = grid.height * grid.width;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
@@ -83,7 +85,7 @@ __global__ void scatter_kernel(int64_t total, Grid grid, const scalar_t* __restr
     const acc_t g = static_cast<acc_t>(grad[i]);
     acc_t* plane = output + bc * hw;
     for (int64_t n = 0; n < grid.num_points; ++n) {
-      const auto s = sample_location<scalar_t, acc_t>(offsets, grid.shared, b, n, p,
+      const auto s = sample_location<acc_t>(offsets, grid.shared, b, n, p,
                                                       grid.num_points, grid.height, grid.width);
       const acc_t value = static_cast<acc_t>(weights[(b * grid.num_points + n) * hw + p]) * g;
       for (int k = 0; k < 4; ++k) {
@@ -100,7 +102,7 @@ __global__ void scatter_kernel(int64_t total, Grid grid, const scalar_t* __restr
 template <typename scalar_t, typename acc_t>
 __global__ void correlate_kernel(int64_t total, Grid grid, const scalar_t* __restrict__ x,
                                  const scalar_t* __restrict__ features,
-                                 const scalar_t* __restrict__ offsets,
+                                 const acc_t* __restrict__ offsets,
                                  const scalar_t* __restrict__ coef, acc_t* __restrict__ correlation,
                                  acc_t* __restrict__ offset_grad) {
   const int64_t hw = grid.height * grid.width;
@@ -110,7 +112,7 @@ __global__ void correlate_kernel(int64_t total, Grid grid, const scalar_t* __res
     const int64_t bn = i / hw;
     const int64_t b = bn / grid.num_points;
     const int64_t n = bn % grid.num_points;
-    const auto s = sample_location<scalar_t, acc_t>(offsets, grid.shared, b, n, p,
+    const auto s = sample_location<acc_t>(offsets, grid.shared, b, n, p,
                                                     grid.num_points, grid.height, grid.width);
     acc_t corr = 0;
     acc_t grad_y = 0;
@@ -159,7 +161,7 @@ at::Tensor deform_gather_cuda(const at::Tensor& weights, const at::Tensor& featu
         using acc_t = at::opmath_type<scalar_t>;
         gather_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
             total, grid, weights.data_ptr<scalar_t>(), features.data_ptr<scalar_t>(),
-            offsets.data_ptr<scalar_t>(), output.data_ptr<acc_t>());
+            offsets.data_ptr<acc_t>(), output.data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
   return output;
@@ -175,13 +177,14 @@ at::Tensor deform_scatter_cuda(const at::Tensor& weights, const at::Tensor& grad
   if (total == 0) {
     return output;
   }
+  at::globalContext().alertNotDeterministic("deform_scatter_cuda");
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad.scalar_type(), "deform_scatter_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         scatter_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
             total, grid, weights.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
-            offsets.data_ptr<scalar_t>(), output.data_ptr<acc_t>());
+            offsets.data_ptr<acc_t>(), output.data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
   return output;
@@ -211,7 +214,7 @@ std::tuple<at::Tensor, at::Tensor> deform_correlate_cuda(const at::Tensor& x,
         using acc_t = at::opmath_type<scalar_t>;
         correlate_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
             total, grid, x.data_ptr<scalar_t>(), features.data_ptr<scalar_t>(),
-            offsets.data_ptr<scalar_t>(),
+            offsets.data_ptr<acc_t>(),
             with_offset_grad ? coef.data_ptr<scalar_t>() : nullptr,
             correlation.data_ptr<acc_t>(),
             with_offset_grad ? offset_grad.data_ptr<acc_t>() : nullptr);

@@ -87,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor> tra_topk_cpu(const at::Tensor& similarity, in
 
 at::Tensor tra_gather_cpu(const at::Tensor& topk_sim, const at::Tensor& topk_index,
                           const at::Tensor& support_hat, const at::Tensor& support_scale,
-                          const at::Tensor& cell_image) {
+                          const at::Tensor& row_map) {
   const int64_t cells = topk_sim.size(0);
   const int64_t k = topk_sim.size(1);
   const int64_t locations = support_hat.size(1);
@@ -101,7 +101,7 @@ at::Tensor tra_gather_cpu(const at::Tensor& topk_sim, const at::Tensor& topk_ind
     const int64_t* index = topk_index.data_ptr<int64_t>();
     const scalar_t* hat = support_hat.data_ptr<scalar_t>();
     const scalar_t* scale = support_scale.data_ptr<scalar_t>();
-    const int64_t* image = cell_image.data_ptr<int64_t>();
+    const int64_t* map = row_map.data_ptr<int64_t>();
     scalar_t* out_data = output.data_ptr<scalar_t>();
     at::parallel_for(0, cells, 16, [&](int64_t begin, int64_t end) {
       scalar_t weights[kMaxTopK];
@@ -109,7 +109,7 @@ at::Tensor tra_gather_cpu(const at::Tensor& topk_sim, const at::Tensor& topk_ind
         softmax(sim + m * k, k, weights);
         scalar_t* out = out_data + m * channels;
         for (int64_t i = 0; i < k; ++i) {
-          const int64_t row = image[m] * locations + index[m * k + i];
+          const int64_t row = map[m] * locations + index[m * k + i];
           // The raw feature is scale * hat (scale = the clamped norm).
           const scalar_t coef = weights[i] * scale[row];
           const scalar_t* f = hat + row * channels;
@@ -126,15 +126,16 @@ at::Tensor tra_gather_cpu(const at::Tensor& topk_sim, const at::Tensor& topk_ind
 std::tuple<at::Tensor, at::Tensor> tra_backward_cpu(
     const at::Tensor& grad_cells, const at::Tensor& q_hat, const at::Tensor& q_norm,
     const at::Tensor& topk_sim, const at::Tensor& topk_index, const at::Tensor& support_hat,
-    const at::Tensor& support_norm, const at::Tensor& cell_image) {
-  const int64_t cells = grad_cells.size(0);
+    const at::Tensor& support_norm, const at::Tensor& row_map, int64_t supports, int64_t cells) {
+  const int64_t rows = grad_cells.size(0);
+  const int64_t queries = q_hat.size(0);
   const int64_t channels = grad_cells.size(1);
   const int64_t k = topk_sim.size(1);
   const int64_t locations = support_hat.size(1);
-  auto grad_q = at::empty_like(grad_cells);
+  auto grad_q = at::zeros_like(q_hat);
   auto grad_support = at::zeros_like(support_hat);
-  if (cells == 0 || channels == 0) {
-    return {grad_q.zero_(), grad_support};
+  if (rows == 0 || channels == 0) {
+    return {grad_q, grad_support};
   }
   AT_DISPATCH_FLOATING_TYPES(support_hat.scalar_type(), "tra_backward_cpu", [&] {
     const scalar_t eps = static_cast<scalar_t>(kNormEps);
@@ -145,52 +146,55 @@ std::tuple<at::Tensor, at::Tensor> tra_backward_cpu(
     const int64_t* index = topk_index.data_ptr<int64_t>();
     const scalar_t* hat = support_hat.data_ptr<scalar_t>();
     const scalar_t* sn_data = support_norm.data_ptr<scalar_t>();
-    const int64_t* image = cell_image.data_ptr<int64_t>();
+    const int64_t* map = row_map.data_ptr<int64_t>();
     scalar_t* gq_data = grad_q.data_ptr<scalar_t>();
     scalar_t* gs_data = grad_support.data_ptr<scalar_t>();
-    // Per (cell, k): grad of support row = alpha * grad_out + beta * q_hat + gamma * hat.
-    std::vector<scalar_t> coefficients(cells * k * 3);
+    // Per (row, k): grad of support row = alpha * grad_out + beta * q_hat + gamma * hat.
+    std::vector<scalar_t> coefficients(rows * k * 3);
 
-    // Pass 1, over cells: softmax and normalisation backward, gradient of the cells.
-    at::parallel_for(0, cells, 16, [&](int64_t begin, int64_t end) {
+    // Pass 1, over queries (each owns its gradient row and the T output rows that read it):
+    // softmax and normalisation backward, gradient of the cells.
+    at::parallel_for(0, queries, 16, [&](int64_t begin, int64_t end) {
       scalar_t weights[kMaxTopK];
       scalar_t dsim[kMaxTopK];
-      for (int64_t m = begin; m < end; ++m) {
-        const scalar_t* g = g_data + m * channels;
-        const scalar_t* q = q_data + m * channels;
-        softmax(sim + m * k, k, weights);
-        scalar_t weighted = 0;
-        for (int64_t i = 0; i < k; ++i) {
-          const int64_t row = image[m] * locations + index[m * k + i];
-          // d out / d w_i = <grad, F_i> with F_i = max(|F_i|, eps) * hat_i.
-          dsim[i] = std::max(sn_data[row], eps) * dot(g, hat + row * channels, channels);
-          weighted += weights[i] * dsim[i];
-        }
-        scalar_t* gq = gq_data + m * channels;
-        std::fill(gq, gq + channels, scalar_t(0));
-        for (int64_t i = 0; i < k; ++i) {
-          const int64_t row = image[m] * locations + index[m * k + i];
-          dsim[i] = weights[i] * (dsim[i] - weighted);  // softmax backward
-          const scalar_t* f = hat + row * channels;
-          for (int64_t c = 0; c < channels; ++c) {
-            gq[c] += dsim[i] * f[c];
+      for (int64_t qi = begin; qi < end; ++qi) {
+        const scalar_t* q = q_data + qi * channels;
+        scalar_t* gq = gq_data + qi * channels;
+        for (int64_t t = 0; t < supports; ++t) {
+          const int64_t m = ((qi / cells) * supports + t) * cells + qi % cells;
+          const scalar_t* g = g_data + m * channels;
+          softmax(sim + m * k, k, weights);
+          scalar_t weighted = 0;
+          for (int64_t i = 0; i < k; ++i) {
+            const int64_t row = map[m] * locations + index[m * k + i];
+            // d out / d w_i = <grad, F_i> with F_i = max(|F_i|, eps) * hat_i.
+            dsim[i] = std::max(sn_data[row], eps) * dot(g, hat + row * channels, channels);
+            weighted += weights[i] * dsim[i];
           }
-          const scalar_t norm = sn_data[row];
-          scalar_t* coef = coefficients.data() + (m * k + i) * 3;
-          coef[0] = weights[i];
-          coef[1] = dsim[i] / std::max(norm, eps);
-          coef[2] = norm > eps ? -dsim[i] * sim[m * k + i] / norm : scalar_t(0);
+          for (int64_t i = 0; i < k; ++i) {
+            const int64_t row = map[m] * locations + index[m * k + i];
+            dsim[i] = weights[i] * (dsim[i] - weighted);  // softmax backward
+            const scalar_t* f = hat + row * channels;
+            for (int64_t c = 0; c < channels; ++c) {
+              gq[c] += dsim[i] * f[c];
+            }
+            // Through the cosine the location gets (q_hat - cos hat) / |F| unless its norm was
+            // clamped; through the value, alpha * grad_out always.
+            const scalar_t norm = sn_data[row];
+            scalar_t* coef = coefficients.data() + (m * k + i) * 3;
+            coef[0] = weights[i];
+            coef[1] = norm > eps ? dsim[i] / norm : scalar_t(0);
+            coef[2] = norm > eps ? -dsim[i] * sim[m * k + i] / norm : scalar_t(0);
+          }
         }
-        // Backward of q / max(|q|, eps): project out the radial part unless the norm was clamped.
-        if (qn_data[m] > eps) {
+        // Backward of q / max(|q|, eps): project out the radial part; a clamped norm passes none.
+        if (qn_data[qi] > eps) {
           const scalar_t radial = dot(gq, q, channels);
           for (int64_t c = 0; c < channels; ++c) {
-            gq[c] = (gq[c] - radial * q[c]) / qn_data[m];
+            gq[c] = (gq[c] - radial * q[c]) / qn_data[qi];
           }
         } else {
-          for (int64_t c = 0; c < channels; ++c) {
-            gq[c] /= eps;
-          }
+          std::fill(gq, gq + channels, scalar_t(0));
         }
       }
     });
@@ -201,11 +205,11 @@ std::tuple<at::Tensor, at::Tensor> tra_backward_cpu(
       for (int64_t block = begin; block < end; ++block) {
         const int64_t c0 = block * kChannelBlock;
         const int64_t c1 = std::min(channels, c0 + kChannelBlock);
-        for (int64_t m = 0; m < cells; ++m) {
+        for (int64_t m = 0; m < rows; ++m) {
           const scalar_t* g = g_data + m * channels;
-          const scalar_t* q = q_data + m * channels;
+          const scalar_t* q = q_data + ((m / (supports * cells)) * cells + m % cells) * channels;
           for (int64_t i = 0; i < k; ++i) {
-            const int64_t row = image[m] * locations + index[m * k + i];
+            const int64_t row = map[m] * locations + index[m * k + i];
             const scalar_t* coef = coefficients.data() + (m * k + i) * 3;
             const scalar_t* f = hat + row * channels;
             scalar_t* gs = gs_data + row * channels;

@@ -1,9 +1,12 @@
 // CUDA primitives of Temporal RoI Align (see temporal_roi_align.h). One warp per row / cell:
 //  - topk: every lane keeps the sorted top K of its strided share of the row in local arrays
 //    (K <= kMaxTopK), then K rounds of a warp arg-max merge the 32 lists;
-//  - gather and backward: the K weights live in shared memory, the lanes sweep the channels, so
-//    reads of the (B, L, C) normalised support rows coalesce. The backward adds into the support
-//    gradient with atomics (float sums are therefore not bit-deterministic).
+//  - gather: one warp per output row; backward: one warp per query (RoI cell), over its T output
+//    rows, so it owns its gradient row. The K weights live in shared memory and the lanes sweep
+//    the channels, so reads of the (B * T, L, C) normalised support rows coalesce. The backward
+//    adds into the support gradient with atomics (float sums are therefore not bit-deterministic,
+//    and torch.use_deterministic_algorithms(True) refuses it).
+#include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -123,7 +126,7 @@ __global__ void gather_kernel(int64_t cells, int k, int64_t locations, int64_t c
                               const acc_t* __restrict__ topk_sim,
                               const int64_t* __restrict__ topk_index,
                               const acc_t* __restrict__ hat, const acc_t* __restrict__ scale,
-                              const int64_t* __restrict__ cell_image, acc_t* __restrict__ output) {
+                              const int64_t* __restrict__ row_map, acc_t* __restrict__ output) {
   __shared__ acc_t shared_coef[kWarpsPerBlock][kMaxTopK];
   __shared__ int64_t shared_row[kWarpsPerBlock][kMaxTopK];
   const int lane = threadIdx.x % kWarp;
@@ -135,7 +138,7 @@ __global__ void gather_kernel(int64_t cells, int k, int64_t locations, int64_t c
        m += warps) {
     const acc_t weight = lane_softmax(topk_sim + m * k, k, lane);
     if (lane < k) {
-      const int64_t row = cell_image[m] * locations + topk_index[m * k + lane];
+      const int64_t row = row_map[m] * locations + topk_index[m * k + lane];
       rows[lane] = row;
       coef[lane] = weight * scale[row];
     }
@@ -152,14 +155,15 @@ __global__ void gather_kernel(int64_t cells, int k, int64_t locations, int64_t c
 }
 
 template <typename acc_t>
-__global__ void backward_kernel(int64_t cells, int k, int64_t locations, int64_t channels,
+__global__ void backward_kernel(int64_t queries, int64_t supports, int64_t cells, int k,
+                                int64_t locations, int64_t channels,
                                 const acc_t* __restrict__ grad, const acc_t* __restrict__ q_hat,
                                 const acc_t* __restrict__ q_norm,
                                 const acc_t* __restrict__ topk_sim,
                                 const int64_t* __restrict__ topk_index,
                                 const acc_t* __restrict__ hat, const acc_t* __restrict__ norm,
-                                const int64_t* __restrict__ cell_image,
-                                acc_t* __restrict__ grad_q, acc_t* __restrict__ grad_support) {
+                                const int64_t* __restrict__ row_map, acc_t* __restrict__ grad_q,
+                                acc_t* __restrict__ grad_support) {
   // Per selected location: its row, and the gradient of that row,
   // alpha * grad_out + beta * q_hat + gamma * hat (see temporal_roi_align_cpu.cpp).
   __shared__ int64_t shared_row[kWarpsPerBlock][kMaxTopK];
@@ -171,65 +175,72 @@ __global__ void backward_kernel(int64_t cells, int k, int64_t locations, int64_t
   const int lane = threadIdx.x % kWarp;
   const int w = threadIdx.x / kWarp;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
-  for (int64_t m = blockIdx.x * static_cast<int64_t>(kWarpsPerBlock) + w; m < cells; m += warps) {
-    const acc_t* g = grad + m * channels;
-    const acc_t* q = q_hat + m * channels;
-    const acc_t weight = lane_softmax(topk_sim + m * k, k, lane);
-    if (lane < k) {
-      shared_row[w][lane] = cell_image[m] * locations + topk_index[m * k + lane];
-    }
-    __syncwarp();
-    // d out / d w_i = <grad, F_i>, F_i = max(|F_i|, eps) * hat_i.
-    acc_t my_dw = 0;
-    for (int i = 0; i < k; ++i) {
-      const acc_t* f = hat + shared_row[w][i] * channels;
-      acc_t partial = 0;
+  for (int64_t qi = blockIdx.x * static_cast<int64_t>(kWarpsPerBlock) + w; qi < queries;
+       qi += warps) {
+    const acc_t* q = q_hat + qi * channels;
+    acc_t* gq = grad_q + qi * channels;  // zero-initialised; each lane owns its channels
+    for (int64_t t = 0; t < supports; ++t) {
+      const int64_t m = ((qi / cells) * supports + t) * cells + qi % cells;
+      const acc_t* g = grad + m * channels;
+      const acc_t weight = lane_softmax(topk_sim + m * k, k, lane);
+      if (lane < k) {
+        shared_row[w][lane] = row_map[m] * locations + topk_index[m * k + lane];
+      }
+      __syncwarp();
+      // d out / d w_i = <grad, F_i>, F_i = max(|F_i|, eps) * hat_i.
+      acc_t my_dw = 0;
+      for (int i = 0; i < k; ++i) {
+        const acc_t* f = hat + shared_row[w][i] * channels;
+        acc_t partial = 0;
+        for (int64_t c = lane; c < channels; c += kWarp) {
+          partial += g[c] * f[c];
+        }
+        const acc_t total = warp_sum(partial);
+        if (lane == i) {
+          my_dw = total * max(norm[shared_row[w][i]], eps);
+        }
+      }
+      const acc_t weighted = warp_sum(lane < k ? weight * my_dw : acc_t(0));
+      if (lane < k) {
+        const acc_t dsim = weight * (my_dw - weighted);  // softmax backward
+        const acc_t n = norm[shared_row[w][lane]];
+        shared_dsim[w][lane] = dsim;
+        shared_alpha[w][lane] = weight;
+        // A clamped norm passes no gradient through the cosine.
+        shared_beta[w][lane] = n > eps ? dsim / n : acc_t(0);
+        shared_gamma[w][lane] = n > eps ? -dsim * topk_sim[m * k + lane] / n : acc_t(0);
+      }
+      __syncwarp();
       for (int64_t c = lane; c < channels; c += kWarp) {
-        partial += g[c] * f[c];
+        acc_t sum = 0;
+        for (int i = 0; i < k; ++i) {
+          sum += shared_dsim[w][i] * hat[shared_row[w][i] * channels + c];
+        }
+        gq[c] += sum;
       }
-      const acc_t total = warp_sum(partial);
-      if (lane == i) {
-        my_dw = total * max(norm[shared_row[w][i]], eps);
+      for (int i = 0; i < k; ++i) {
+        const int64_t row = shared_row[w][i];
+        const acc_t alpha = shared_alpha[w][i];
+        const acc_t beta = shared_beta[w][i];
+        const acc_t gamma = shared_gamma[w][i];
+        const acc_t* f = hat + row * channels;
+        acc_t* out = grad_support + row * channels;
+        for (int64_t c = lane; c < channels; c += kWarp) {
+          atomicAdd(out + c, alpha * g[c] + beta * q[c] + gamma * f[c]);
+        }
       }
+      __syncwarp();
     }
-    const acc_t weighted = warp_sum(lane < k ? weight * my_dw : acc_t(0));
-    if (lane < k) {
-      const acc_t dsim = weight * (my_dw - weighted);  // softmax backward
-      const acc_t n = norm[shared_row[w][lane]];
-      shared_dsim[w][lane] = dsim;
-      shared_alpha[w][lane] = weight;
-      shared_beta[w][lane] = dsim / max(n, eps);
-      shared_gamma[w][lane] = n > eps ? -dsim * topk_sim[m * k + lane] / n : acc_t(0);
-    }
-    __syncwarp();
-    // Gradient of the cell: sum_i dsim_i * hat_i, then the backward of q / max(|q|, eps).
+    // Backward of q / max(|q|, eps): project out the radial part; a clamped norm passes none.
     acc_t radial = 0;
     for (int64_t c = lane; c < channels; c += kWarp) {
-      acc_t sum = 0;
-      for (int i = 0; i < k; ++i) {
-        sum += shared_dsim[w][i] * hat[shared_row[w][i] * channels + c];
-      }
-      grad_q[m * channels + c] = sum;
-      radial += sum * q[c];
+      radial += gq[c] * q[c];
     }
     radial = warp_sum(radial);
-    const acc_t qn = q_norm[m];
+    const acc_t qn = q_norm[qi];
     for (int64_t c = lane; c < channels; c += kWarp) {
-      const acc_t sum = grad_q[m * channels + c];
-      grad_q[m * channels + c] = qn > eps ? (sum - radial * q[c]) / qn : sum / eps;
+      gq[c] = qn > eps ? (gq[c] - radial * q[c]) / qn : acc_t(0);
     }
-    for (int i = 0; i < k; ++i) {
-      const int64_t row = shared_row[w][i];
-      const acc_t alpha = shared_alpha[w][i];
-      const acc_t beta = shared_beta[w][i];
-      const acc_t gamma = shared_gamma[w][i];
-      const acc_t* f = hat + row * channels;
-      acc_t* out = grad_support + row * channels;
-      for (int64_t c = lane; c < channels; c += kWarp) {
-        atomicAdd(out + c, alpha * g[c] + beta * q[c] + gamma * f[c]);
-      }
-    }
-    __syncwarp();
   }
 }
 
@@ -256,7 +267,7 @@ std::tuple<at::Tensor, at::Tensor> tra_topk_cuda(const at::Tensor& similarity, i
 
 at::Tensor tra_gather_cuda(const at::Tensor& topk_sim, const at::Tensor& topk_index,
                            const at::Tensor& support_hat, const at::Tensor& support_scale,
-                           const at::Tensor& cell_image) {
+                           const at::Tensor& row_map) {
   c10::cuda::CUDAGuard guard(support_hat.device());
   const int64_t cells = topk_sim.size(0);
   const int64_t channels = support_hat.size(2);
@@ -270,7 +281,7 @@ at::Tensor tra_gather_cuda(const at::Tensor& topk_sim, const at::Tensor& topk_in
         cells, static_cast<int>(topk_sim.size(1)), support_hat.size(1), channels,
         topk_sim.data_ptr<scalar_t>(), topk_index.data_ptr<int64_t>(),
         support_hat.data_ptr<scalar_t>(), support_scale.data_ptr<scalar_t>(),
-        cell_image.data_ptr<int64_t>(), output.data_ptr<scalar_t>());
+        row_map.data_ptr<int64_t>(), output.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return output;
@@ -279,23 +290,24 @@ at::Tensor tra_gather_cuda(const at::Tensor& topk_sim, const at::Tensor& topk_in
 std::tuple<at::Tensor, at::Tensor> tra_backward_cuda(
     const at::Tensor& grad_cells, const at::Tensor& q_hat, const at::Tensor& q_norm,
     const at::Tensor& topk_sim, const at::Tensor& topk_index, const at::Tensor& support_hat,
-    const at::Tensor& support_norm, const at::Tensor& cell_image) {
+    const at::Tensor& support_norm, const at::Tensor& row_map, int64_t supports, int64_t cells) {
   c10::cuda::CUDAGuard guard(support_hat.device());
-  const int64_t cells = grad_cells.size(0);
+  const int64_t queries = q_hat.size(0);
   const int64_t channels = grad_cells.size(1);
-  auto grad_q = at::zeros_like(grad_cells);
+  auto grad_q = at::zeros_like(q_hat);
   auto grad_support = at::zeros_like(support_hat);
-  if (cells == 0 || channels == 0) {
+  if (grad_cells.size(0) == 0 || channels == 0) {
     return {grad_q, grad_support};
   }
+  at::globalContext().alertNotDeterministic("temporal_roi_align_backward_cuda");
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(support_hat.scalar_type(), "tra_backward_cuda", [&] {
-    backward_kernel<scalar_t><<<num_blocks(cells), kWarp * kWarpsPerBlock, 0, stream>>>(
-        cells, static_cast<int>(topk_sim.size(1)), support_hat.size(1), channels,
-        grad_cells.data_ptr<scalar_t>(), q_hat.data_ptr<scalar_t>(),
+    backward_kernel<scalar_t><<<num_blocks(queries), kWarp * kWarpsPerBlock, 0, stream>>>(
+        queries, supports, cells, static_cast<int>(topk_sim.size(1)), support_hat.size(1),
+        channels, grad_cells.data_ptr<scalar_t>(), q_hat.data_ptr<scalar_t>(),
         q_norm.data_ptr<scalar_t>(), topk_sim.data_ptr<scalar_t>(),
         topk_index.data_ptr<int64_t>(), support_hat.data_ptr<scalar_t>(),
-        support_norm.data_ptr<scalar_t>(), cell_image.data_ptr<int64_t>(),
+        support_norm.data_ptr<scalar_t>(), row_map.data_ptr<int64_t>(),
         grad_q.data_ptr<scalar_t>(), grad_support.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -22,7 +22,7 @@ def test_offsets_are_clamped_into_the_video():
         ("uniform_range", dict(num_support=4, range=9)),
         ("fixed", dict(offsets=(-30, -10, 10, 30))),
         ("global", dict(num_support=3)),
-        ("key_frame", dict(key_interval=10)),
+        ("key_frame", dict(key_ranges=(-10, -5, -5, 5))),
     ]:
         sampler = FrameSampler(rule, **kwargs)
         for t in (0, 3, 11):
@@ -36,10 +36,15 @@ def test_one_frame_video_uses_itself_as_support():
         assert _draws(FrameSampler(rule, **kwargs), 0, 1, n=5) == [[0, 0]] * 5
 
 
-def test_key_frame_triplet_brackets_the_current_frame():
-    sampler = FrameSampler("key_frame", key_interval=10)
-    for old, new in _draws(sampler, 50, 200):
-        assert -9 <= old <= 0 and new - old == 10
+def test_key_frame_triplets_draw_each_key_uniformly_in_its_range():
+    sampler = FrameSampler("key_frame", key_ranges=(-10, -6, -5, 4))
+    draws = _draws(sampler, 50, 200, n=2000)
+    olds, news = [o for o, _ in draws], [n for _, n in draws]
+    assert set(olds) == set(range(-10, -5)) and set(news) == set(range(-5, 5))
+    # Drawn independently: every (old, new) pair occurs.
+    assert len(set(map(tuple, draws))) == 5 * 10
+    with pytest.raises(ValueError, match="TRAIN_KEY_RANGES"):
+        FrameSampler("key_frame", key_ranges=(-5, -10, 0, 0))
 
 
 def test_same_seed_gives_same_offsets():

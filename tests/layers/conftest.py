@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from vod_d2.layers import _ext
 
@@ -14,3 +15,12 @@ def without_extension(monkeypatch):
 def fresh_warnings(monkeypatch):
     """Forget which fallback warnings were already given."""
     monkeypatch.setattr(_ext, "_warned", set())
+
+
+@pytest.fixture
+def deterministic_algorithms():
+    """Run with torch.use_deterministic_algorithms(True), restored afterwards."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(previous)

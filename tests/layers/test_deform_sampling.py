@@ -215,12 +215,85 @@ def test_low_precision_cuda():
     check_low_precision("cuda")
 
 
+def check_float32_offsets_with_low_precision_features(fn, device):
+    # Mixed precision: half-precision features with float32 shared offsets, under a loss scale
+    # of 2^16 (the output gradients, below 2^16 / 4, still fit float16). The offsets' gradient
+    # sums over B * H * W = 800 positions and goes beyond float16's 65504: it must come back in
+    # float32, finite and close to the float64 gradient.
+    query, key, value, offsets = _inputs(device, b=2, c=16, h=20, w=20, n=4, scale=2.0)
+    weight = torch.randn(value.shape, generator=torch.Generator().manual_seed(5), dtype=value.dtype)
+    weight = weight.abs() / 16  # of one sign, so the sum over positions grows
+    loss_scale = 2.0**16
+
+    def run(features_dtype, offsets_dtype):
+        o = offsets.to(offsets_dtype, copy=True).requires_grad_()
+        out = fn(query.to(features_dtype), key.to(features_dtype), value.to(features_dtype), o)
+        (out.double() * weight.to(device)).sum().mul(loss_scale).backward()
+        return out, o.grad
+
+    expected_out, expected_grad = run(torch.float64, torch.float64)
+    assert expected_grad.abs().max() > 65504  # would overflow float16
+    for dtype in (torch.float16, torch.bfloat16):
+        out, grad = run(dtype, torch.float32)
+        assert out.dtype == dtype and grad.dtype == torch.float32, dtype
+        assert torch.isfinite(grad).all(), dtype
+        torch.testing.assert_close(out.double(), expected_out, atol=0.05, rtol=0.05, msg=str(dtype))
+        torch.testing.assert_close(grad.double(), expected_grad, atol=0, rtol=0.05, msg=str(dtype))
+
+
+@requires_extension
+def test_float32_offsets_with_low_precision_features_kernel_cpu():
+    check_float32_offsets_with_low_precision_features(deformable_similarity_sampling, "cpu")
+
+
+@requires_cuda
+def test_float32_offsets_with_low_precision_features_kernel_cuda():
+    check_float32_offsets_with_low_precision_features(deformable_similarity_sampling, "cuda")
+
+
+def test_float32_offsets_with_low_precision_features_reference():
+    check_float32_offsets_with_low_precision_features(
+        deformable_similarity_sampling_reference, "cpu"
+    )
+
+
+def test_module_keeps_float32_offsets_with_half_features():
+    # The float32 parameter is not cast to float16: its gradient stays finite under the loss scale
+    # of check_float32_offsets_with_low_precision_features.
+    query, key, value, offsets = _inputs("cpu", b=2, c=16, h=20, w=20, n=4, scale=2.0)
+    weight = torch.randn(value.shape, generator=torch.Generator().manual_seed(5)).abs() / 16
+    module = DeformableSimilaritySampling(num_points=4)
+    with torch.no_grad():
+        module.offsets.copy_(offsets)
+    out = module(query.half(), key.half(), value.half())
+    (out.float() * weight).sum().mul(2.0**16).backward()
+    assert out.dtype == torch.float16
+    assert module.offsets.grad.abs().max() > 65504 and torch.isfinite(module.offsets.grad).all()
+
+
 @requires_extension
 def test_empty_inputs():
     query, key, value, offsets = _inputs("cpu", b=0, h=4, w=5)
     assert deformable_similarity_sampling(query, key, value, offsets).shape == (0, 4, 4, 5)
     query, key, value, offsets = _inputs("cpu", b=1, h=0, w=5, per_position=True)
     assert deformable_similarity_sampling(query, key, value, offsets).shape == (1, 4, 0, 5)
+
+
+@requires_extension
+def test_deterministic_cpu(deterministic_algorithms):
+    # The CPU backward writes without atomics: allowed in deterministic mode, and repeatable.
+    inputs = _inputs("cpu", dtype=torch.float32, per_position=True)
+    first, second = (_grads(deformable_similarity_sampling, inputs) for _ in range(2))
+    assert torch.equal(first[0], second[0])
+    for a, b in zip(first[1], second[1]):
+        assert torch.equal(a, b)
+
+
+@requires_cuda
+def test_deterministic_mode_refuses_cuda_backward(deterministic_algorithms):
+    # The scatter of the key and value gradients uses atomics.
+    with pytest.raises(RuntimeError, match="deterministic"):
+        _grads(deformable_similarity_sampling, _inputs("cuda", dtype=torch.float32))
 
 
 def test_fallback_to_reference(without_extension, caplog):
@@ -250,6 +323,8 @@ def test_bad_inputs():
         fn(query, key, value, torch.zeros(0, 2, dtype=query.dtype))
     with pytest.raises(TypeError, match="one dtype"):
         fn(query, key, value.float(), offsets)
+    with pytest.raises(TypeError, match="one dtype"):  # float32 offsets only with half features
+        fn(query, key, value, offsets.float())
     with pytest.raises(TypeError, match="floating point"):
         fn(query, key, value, offsets.long())
     with pytest.raises(ValueError, match="one device"):

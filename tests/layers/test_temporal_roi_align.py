@@ -141,13 +141,183 @@ def test_low_precision_cuda():
 @pytest.mark.parametrize("fn", [temporal_roi_align, temporal_roi_align_reference])
 def test_no_rois(fn):
     rois, support, batch_index = _inputs("cpu", r=0)
-    rois.requires_grad_()
-    support.requires_grad_()
-    out = fn(rois, support, batch_index, 3)
-    assert out.shape == (0, 6, 3, 3)
-    if out.requires_grad:  # the reference's empty output is not connected to the inputs
+    for support_maps in (support, support.unsqueeze(1).expand(-1, 3, -1, -1, -1)):
+        rois.grad = None
+        rois.requires_grad_()
+        support_maps = support_maps.detach().requires_grad_()
+        out = fn(rois, support_maps, batch_index, 3)
+        assert out.shape == (0, 6, 3, 3) if support_maps.dim() == 4 else (0, 3, 6, 3, 3)
+        out.sum().backward()  # connected to both inputs, even when empty
+        assert torch.equal(support_maps.grad, torch.zeros_like(support_maps))
+        assert rois.grad.shape == rois.shape
+
+
+def _grouped_inputs(device, r=5, c=6, s=3, b=2, t=3, h=4, w=5, dtype=torch.float64, seed=0):
+    """RoIs and (B, T, C, H, W) groups of support maps."""
+    rois, support, batch_index = _inputs(device, r=r, c=c, s=s, b=b * t, h=h, w=w, dtype=dtype)
+    batch_index = torch.randint(0, b, (r,), generator=torch.Generator().manual_seed(seed + 1))
+    return rois, support.view(b, t, c, h, w), batch_index.to(device)
+
+
+def check_grouped_matches_repeated(fn, device):
+    # The grouped form is the one-map form with every RoI repeated once per support map t and
+    # pointed at map b * T + t of the flattened groups; the gradients add up over the repeats.
+    for case in (dict(), dict(t=1), dict(r=1, b=3, t=2), dict(k=20, t=2)):
+        k = case.pop("k", 4)
+        rois, support, batch_index = _grouped_inputs(device, **case)
+        b, t = support.shape[:2]
+        out, grad_rois, grad_support = _grads(lambda *x: fn(*x, k), rois, support, batch_index)
+        assert out.shape == (rois.shape[0], t, *rois.shape[1:])
+        repeated_rois = rois.repeat_interleave(t, dim=0)
+        repeated_index = (batch_index[:, None] * t + torch.arange(t, device=device)).flatten()
+        expected, expected_grad_rois, expected_grad_support = _grads(
+            lambda x, y, i: fn(x, y, i, k),
+            repeated_rois,
+            support.flatten(0, 1),
+            repeated_index,
+        )
+        torch.testing.assert_close(out.flatten(0, 1), expected, msg=str(case))
+        torch.testing.assert_close(
+            grad_rois, expected_grad_rois.view(-1, t, *rois.shape[1:]).sum(1), msg=str(case)
+        )
+        torch.testing.assert_close(grad_support.flatten(0, 1), expected_grad_support, msg=str(case))
+
+
+@requires_extension
+def test_grouped_matches_repeated_kernel_cpu():
+    check_grouped_matches_repeated(temporal_roi_align, "cpu")
+
+
+@requires_cuda
+def test_grouped_matches_repeated_kernel_cuda():
+    check_grouped_matches_repeated(temporal_roi_align, "cuda")
+
+
+def test_grouped_matches_repeated_reference():
+    check_grouped_matches_repeated(temporal_roi_align_reference, "cpu")
+
+
+def check_grouped_parity_and_gradcheck(device):
+    rois, support, batch_index = _grouped_inputs(device, r=7, b=2, t=3)
+    out, grad_rois, grad_support = _grads(
+        lambda *x: temporal_roi_align(*x, 5), rois, support, batch_index
+    )
+    expected = _grads(lambda *x: temporal_roi_align_reference(*x, 5), rois, support, batch_index)
+    for name, got, want in zip(
+        ("out", "grad rois", "grad support"), (out, grad_rois, grad_support), expected
+    ):
+        torch.testing.assert_close(got, want, msg=name)
+    rois, support, batch_index = _grouped_inputs(device, r=3, c=3, s=2, b=2, t=2, h=3, w=3)
+    for fn in (temporal_roi_align, temporal_roi_align_reference):
+        assert torch.autograd.gradcheck(
+            lambda x, y: fn(x, y, batch_index, 2),
+            (rois.requires_grad_(), support.requires_grad_()),
+        ), fn.__name__
+
+
+@requires_extension
+def test_grouped_parity_and_gradcheck_cpu():
+    check_grouped_parity_and_gradcheck("cpu")
+
+
+@requires_cuda
+def test_grouped_parity_and_gradcheck_cuda():
+    check_grouped_parity_and_gradcheck("cuda")
+
+
+def check_zero_norms(fn, device):
+    # A zero RoI cell has cosine 0 with every location: all are tied, the lower indices win
+    # (0..K-1, with uniform weights), and its clamped norm passes no gradient. A zero support
+    # location is never more similar than another, and its clamped norm only passes the gradient
+    # of its value: finite, like every other gradient (not ~1e12).
+    rois, support, batch_index = _grouped_inputs(device, r=4, t=2)
+    rois[1, :, 0, 2] = 0
+    rois[3, :, 1, 1] = 0
+    support[:, :, :, 0, 1] = 0
+    k = 3
+    out, grad_rois, grad_support = _grads(lambda *x: fn(*x, k), rois, support, batch_index)
+    first_k = support.flatten(3)[batch_index[1], :, :, :k].mean(-1)  # (T, C)
+    torch.testing.assert_close(out[1, :, :, 0, 2], first_k)
+    assert torch.equal(grad_rois[1, :, 0, 2], torch.zeros_like(grad_rois[1, :, 0, 2]))
+    assert torch.equal(grad_rois[3, :, 1, 1], torch.zeros_like(grad_rois[3, :, 1, 1]))
+    assert grad_rois.abs().max() < 100 and grad_support.abs().max() < 100
+    assert grad_rois[0].abs().sum() > 0  # the other cells still learn
+    return out, grad_rois, grad_support
+
+
+@requires_extension
+def test_zero_norms_kernel_cpu():
+    results = check_zero_norms(temporal_roi_align, "cpu")
+    expected = check_zero_norms(temporal_roi_align_reference, "cpu")
+    for got, want in zip(results, expected):
+        torch.testing.assert_close(got, want)
+
+
+@requires_cuda
+def test_zero_norms_kernel_cuda():
+    check_zero_norms(temporal_roi_align, "cuda")
+
+
+def test_zero_norms_reference():
+    check_zero_norms(temporal_roi_align_reference, "cpu")
+
+
+def check_ties_lower_index_first(fn, device):
+    # Support map with repeated columns: locations 1 and 3 hold the same feature, so do 0 and 2.
+    # A cell equal to that feature ties locations 1 and 3; K = 1 takes 1 (lower flat index).
+    # Different scales of the tied locations reveal which one was taken.
+    base = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)  # (C, 2)
+    support = torch.stack([base[:, 0], base[:, 1], 3 * base[:, 0], 5 * base[:, 1]], dim=1)
+    support = support.view(1, 2, 1, 4).to(device)
+    roi = torch.tensor([0.0, 1.0], dtype=torch.float64, device=device).view(1, 2, 1, 1)
+    index = torch.zeros(1, dtype=torch.int64, device=device)
+    torch.testing.assert_close(fn(roi, support, index, 1), support[..., 1].view(1, 2, 1, 1))
+    roi = torch.tensor([1.0, 0.0], dtype=torch.float64, device=device).view(1, 2, 1, 1)
+    torch.testing.assert_close(fn(roi, support, index, 1), support[..., 0].view(1, 2, 1, 1))
+
+
+@requires_extension
+def test_ties_lower_index_first_kernel_cpu():
+    check_ties_lower_index_first(temporal_roi_align, "cpu")
+
+
+@requires_cuda
+def test_ties_lower_index_first_kernel_cuda():
+    check_ties_lower_index_first(temporal_roi_align, "cuda")
+
+
+def test_ties_lower_index_first_reference():
+    check_ties_lower_index_first(temporal_roi_align_reference, "cpu")
+
+
+@pytest.mark.parametrize("fn", [temporal_roi_align, temporal_roi_align_reference])
+def test_no_channels(fn):
+    rois, support, batch_index = _grouped_inputs("cpu", c=0)
+    for support_maps in (support, support[:, 0]):
+        rois.grad = None
+        rois.requires_grad_()
+        support_maps = support_maps.detach().requires_grad_()
+        out = fn(rois, support_maps, batch_index, 3)
+        assert out.shape == ((5, 3, 0, 3, 3) if support_maps.dim() == 5 else (5, 0, 3, 3))
         out.sum().backward()
-        assert torch.equal(support.grad, torch.zeros_like(support))
+        assert support_maps.grad.shape == support_maps.shape
+
+
+@requires_extension
+def test_deterministic_cpu(deterministic_algorithms):
+    # The CPU backward writes without atomics: allowed in deterministic mode, and repeatable.
+    inputs = _grouped_inputs("cpu", r=20, dtype=torch.float32)
+    first, second = (_grads(lambda *t: temporal_roi_align(*t, 4), *inputs) for _ in range(2))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@requires_cuda
+def test_deterministic_mode_refuses_cuda_backward(deterministic_algorithms):
+    # The support gradient is accumulated with atomics.
+    inputs = _grouped_inputs("cuda", dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="deterministic"):
+        _grads(lambda *t: temporal_roi_align(*t, 4), *inputs)
 
 
 def test_fallback_to_reference(without_extension, caplog):
@@ -183,6 +353,10 @@ def test_bad_inputs(fn):
         fn(rois[0], support, index, 2)
     with pytest.raises(ValueError, match="support_features must be"):
         fn(rois, support[0], index, 2)
+    with pytest.raises(ValueError, match="B >= 1"):
+        fn(rois[:0], support[:0], index[:0], 2)
+    with pytest.raises(ValueError, match="same channels"):
+        fn(rois, support.unsqueeze(1)[:, :, :2], index, 2)
     with pytest.raises(ValueError, match="same channels"):
         fn(rois, support[:, :2], index, 2)
     with pytest.raises(TypeError, match="dtype"):
@@ -212,6 +386,7 @@ def test_module():
 def test_kernel_checks_its_inputs():
     # Direct torch.ops calls skip the Python checks; the C++ op still refuses bad input.
     rois, support, index = _inputs("cpu")
+    support = support.unsqueeze(1)  # the op takes (B, T, C, H, W)
     op = torch.ops.vod_d2.temporal_roi_align_forward
     with pytest.raises(RuntimeError, match="k must be in \\[1, 32\\]"):
         op(rois, support, index, 33)
@@ -219,3 +394,5 @@ def test_kernel_checks_its_inputs():
         op(rois, support, index - 1, 2)
     with pytest.raises(RuntimeError, match="int64"):
         op(rois, support, index.int(), 2)
+    with pytest.raises(RuntimeError, match="must be \\(B, T, C, H, W\\)"):
+        op(rois, support[:, 0], index, 2)

@@ -28,6 +28,7 @@ def golden_cfg(name):
     cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 20
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     cfg.TEST.DETECTIONS_PER_IMAGE = 20
+    cfg.MODEL.STMN.MEMORY_CHANNELS = 64  # the synthetic STMN config's width at ecdcea7
     return cfg
 
 

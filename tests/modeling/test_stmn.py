@@ -11,6 +11,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
+from torch import nn
 
 from tools.weight_transfer import main as weight_transfer_main
 from vod_d2 import add_vod_config
@@ -173,6 +174,27 @@ def _window(seed, b=2, s=4, c=6, h=5, w=6):
     return torch.randn(b, c, h, w, generator=g), torch.randn(b, s, c, h, w, generator=g)
 
 
+def _call(module, ref, support, offsets):
+    """STMN on raw (B, C, H, W) / (B, S, C, H, W) backbone maps: encode every frame, aggregate."""
+    encoded = module.encode(support.flatten(0, 1))
+    return module(
+        module.encode(ref),
+        {k: v.unflatten(0, support.shape[:2]) for k, v in encoded.items()},
+        offsets,
+    )
+
+
+class _OnRawMaps(nn.Module):
+    """STMNAggregation with raw maps as inputs (for functional_call)."""
+
+    def __init__(self, stmn):
+        super().__init__()
+        self.stmn = stmn
+
+    def forward(self, ref, support, offsets):
+        return _call(self.stmn, ref, support, offsets)
+
+
 def _run(memory, frames):
     """One direction over (N, T, C, H, W) frames, each projected by its own cell."""
     projected = memory.cell.project(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])
@@ -184,7 +206,7 @@ def test_output_is_forward_and_backward_memory_of_the_ordered_window():
         module = _aggregation(matchtrans=matchtrans, cell=cell)
         ref, support = _window(0)
         offsets = torch.tensor([[2, -1, -3, 1]] * 2)
-        out = module(ref, support, offsets)
+        out = _call(module, ref, support, offsets)
         past = torch.stack([support[:, 2], support[:, 1], ref], dim=1)  # -3, -1, 0
         future = torch.stack([support[:, 0], support[:, 3], ref], dim=1)  # 2, 1, 0
         expected = torch.cat(
@@ -194,45 +216,45 @@ def test_output_is_forward_and_backward_memory_of_the_ordered_window():
         torch.testing.assert_close(out, expected, msg=f"{matchtrans} {cell}")
 
 
-def test_encoded_frames_give_the_memories_of_the_backbone_features():
+def test_encodings_are_the_features_and_each_directions_input_projection():
     for bidirectional in [True, False]:
         module = _aggregation(bidirectional=bidirectional)
-        ref, support = _window(7)
-        offsets = torch.tensor([[-2, -1, 1, 2]] * 2)
-        encoded_ref = module.encode(ref)
-        # Features, then W_z F, W_r F, W F of each direction.
-        assert encoded_ref.shape == (2, 6 + (2 if bidirectional else 1) * 3 * 4, 5, 6)
-        torch.testing.assert_close(encoded_ref[:, :6], ref)
-        torch.testing.assert_close(encoded_ref[:, 6:18], module.forward_memory.cell.input_conv(ref))
-        encoded_support = module.encode(support.flatten(0, 1)).unflatten(0, (2, 4))
-        torch.testing.assert_close(
-            module(encoded_ref, encoded_support, offsets), module(ref, support, offsets)
-        )
+        ref, _ = _window(7)
+        encoded = module.encode(ref)
+        names = ["feature", "forward_projection"] + ["backward_projection"] * bidirectional
+        assert sorted(encoded) == sorted(names) and list(module.support_keys) == names
+        torch.testing.assert_close(encoded["feature"], ref)
+        # W_z F, W_r F, W F of each direction, computed once per frame.
+        for name, direction in zip(names[1:], [module.forward_memory, module.backward_memory]):
+            assert encoded[name].shape == (2, 3 * 4, 5, 6)
+            torch.testing.assert_close(encoded[name], direction.cell.input_conv(ref))
 
 
 def test_temporal_order_comes_from_the_offsets():
     module = _aggregation()
     ref, support = _window(1)
     offsets = torch.tensor([[-2, -1, 1, 2]] * 2)
-    out = module(ref, support, offsets)
+    out = _call(module, ref, support, offsets)
     for perm in [[3, 1, 0, 2], [1, 0, 3, 2], [2, 3, 0, 1]]:
-        torch.testing.assert_close(module(ref, support[:, perm], offsets[:, perm]), out)
+        torch.testing.assert_close(_call(module, ref, support[:, perm], offsets[:, perm]), out)
     # The same frames at other times give another memory (the check above can fail).
-    assert not torch.allclose(module(ref, support, offsets.flip(1)), out)
+    assert not torch.allclose(_call(module, ref, support, offsets.flip(1)), out)
 
 
 def test_repeated_offsets_and_the_reference_itself_are_visited_once():
     module = _aggregation()
     ref, support = _window(2, s=3)
-    expected = module(ref, support, torch.tensor([[-2, -1, 1]] * 2))
+    expected = _call(module, ref, support, torch.tensor([[-2, -1, 1]] * 2))
     clamped = torch.stack([support[:, 0], support[:, 0], support[:, 1], ref, support[:, 2]], 1)
     torch.testing.assert_close(
-        module(ref, clamped, torch.tensor([[-2, -2, -1, 0, 1]] * 2)), expected
+        _call(module, ref, clamped, torch.tensor([[-2, -2, -1, 0, 1]] * 2)), expected
     )
     # A DET image: every support frame is the image itself.
-    alone = module(ref, ref[:, None].expand(-1, 3, -1, -1, -1), torch.zeros(2, 3, dtype=torch.long))
+    alone = _call(
+        module, ref, ref[:, None].expand(-1, 3, -1, -1, -1), torch.zeros(2, 3, dtype=torch.long)
+    )
     torch.testing.assert_close(
-        alone, module(ref, support[:, :0], torch.zeros(2, 0, dtype=torch.long))
+        alone, _call(module, ref, support[:, :0], torch.zeros(2, 0, dtype=torch.long))
     )
 
 
@@ -240,13 +262,13 @@ def test_samples_with_different_windows_match_separate_calls():
     module = _aggregation()
     ref, support = _window(3, b=4, s=2)
     offsets = torch.tensor([[-1, 1], [0, 1], [1, -1], [0, 0]])
-    out = module(ref, support, offsets)
+    out = _call(module, ref, support, offsets)
     # Samples 0 and 2 share a window, listed in another order: BN* sees them together.
     in_order = torch.stack([support[0], support[2].flip(0)])
-    torch.testing.assert_close(out[[0, 2]], module(ref[[0, 2]], in_order, offsets[[0, 0]]))
+    torch.testing.assert_close(out[[0, 2]], _call(module, ref[[0, 2]], in_order, offsets[[0, 0]]))
     for members in [[1], [3]]:
         torch.testing.assert_close(
-            out[members], module(ref[members], support[members], offsets[members])
+            out[members], _call(module, ref[members], support[members], offsets[members])
         )
 
 
@@ -254,11 +276,11 @@ def test_forward_only_memory_ignores_the_future():
     module = _aggregation(bidirectional=False)
     ref, support = _window(4)
     offsets = torch.tensor([[-2, -1, 1, 2]] * 2)
-    out = module(ref, support, offsets)
+    out = _call(module, ref, support, offsets)
     assert out.shape[1] == module.output_shape().channels == 4
     changed = support.clone()
     changed[:, 2:] += 1
-    torch.testing.assert_close(module(ref, changed, offsets), out)
+    torch.testing.assert_close(_call(module, ref, changed, offsets), out)
 
 
 def test_aggregation_gradcheck_float64():
@@ -271,14 +293,15 @@ def test_aggregation_gradcheck_float64():
         ref, support = (x.double().requires_grad_() for x in _window(5, b=1, s=2, c=2, h=3, w=3))
         offsets = torch.tensor([[-1, 1]])
         names = [
-            "forward_memory.cell.gate_conv.weight",
-            "backward_memory.cell.candidate_conv.weight",
+            "stmn.forward_memory.cell.gate_conv.weight",
+            "stmn.backward_memory.cell.candidate_conv.weight",
         ]
-        params = {k: v.detach().clone().requires_grad_() for k, v in module.named_parameters()}
+        raw = _OnRawMaps(module)
+        params = {k: v.detach().clone().requires_grad_() for k, v in raw.named_parameters()}
 
         def run(r, s, *weights):
             overrides = dict(params, **dict(zip(names, weights)))
-            return torch.func.functional_call(module, overrides, (r, s, offsets))
+            return torch.func.functional_call(raw, overrides, (r, s, offsets))
 
         inputs = (ref, support, *(params[k] for k in names))
         assert torch.autograd.gradcheck(run, inputs), matchtrans
@@ -288,9 +311,9 @@ def test_bad_inputs_name_what_is_wrong():
     module = _aggregation()
     ref, support = _window(6)
     with pytest.raises(ValueError, match="6-channel"):
-        module(ref[:, :5], support, torch.zeros(2, 4, dtype=torch.long))
+        _call(module, ref[:, :5], support, torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="offsets"):
-        module(ref, support, torch.zeros(2, 3, dtype=torch.long))
+        _call(module, ref, support, torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="MODEL.STMN.CELL"):
         _aggregation(cell="LSTM")
 
@@ -439,6 +462,27 @@ def test_widened_heads_see_two_equal_memories_as_the_single_frame_feature(tiny_c
     )
 
 
+def test_a_plain_single_frame_detector_transfers_as_an_identity_conv(tiny_cfg):
+    plain = _build(_stmn_cfg(tiny_cfg, aggregation="SingleFrameAggregation", window=(0, 0)))
+    width = plain.backbone.output_shape()["res5"].channels
+    stmn = _build(_stmn_cfg(tiny_cfg, MEMORY_CHANNELS=width))
+    state, report = transfer_single_frame_weights(plain.state_dict(), stmn.state_dict())
+    stmn.load_state_dict(state)
+    features = torch.relu(torch.randn(2, width, 5, 6, generator=torch.Generator().manual_seed(8)))
+    for direction in [
+        stmn.temporal_aggregation.forward_memory,
+        stmn.temporal_aggregation.backward_memory,
+    ]:
+        # W_z F = W_r F = W F = F: the static detector's map (post-ReLU) passes unchanged.
+        for block in direction.cell.project(features).chunk(3, dim=1):
+            torch.testing.assert_close(block, features)
+    assert any(k.endswith("rpn_head.conv.weight") for k in report.widened)
+    # Narrower memories cannot be an identity: the error names the way out.
+    narrow = _build(_stmn_cfg(tiny_cfg))
+    with pytest.raises(KeyError, match="--source-conv"):
+        transfer_single_frame_weights(plain.state_dict(), narrow.state_dict())
+
+
 def test_weight_transfer_errors_name_the_conv(tiny_cfg):
     single, stmn = _single_frame_and_stmn(tiny_cfg)
     source = single.state_dict()
@@ -480,7 +524,7 @@ def test_single_frame_start_is_relu_of_the_feature_conv():
         input_shape=ShapeSpec(channels=6, stride=16), memory_channels=4
     )
     ref, support = _window(7)
-    out = module(ref, support, torch.zeros(2, 4, dtype=torch.long))
+    out = module({"feature": ref}, {}, torch.zeros(2, 4, dtype=torch.long))
     torch.testing.assert_close(out, F.relu(module.feature_conv(ref)))
     assert module.output_shape().channels == 4
 

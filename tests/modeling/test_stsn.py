@@ -30,6 +30,11 @@ PAPER_CONFIGS = [
 ]
 
 
+def _call(module, ref, support, offsets):
+    """A temporal module's forward on plain (B, C, H, W) and (B, S, C, H, W) feature maps."""
+    return module({"feature": ref}, {"feature": support}, offsets, [])
+
+
 def _stsn(channels=6, conv_dim=5, out_channels=0, groups=1, num_convs=4, seed=0, pairs=0):
     torch.manual_seed(seed)
     sampling = SpatioTemporalSamplingBlock(
@@ -40,7 +45,10 @@ def _stsn(channels=6, conv_dim=5, out_channels=0, groups=1, num_convs=4, seed=0,
         deformable_groups=groups,
     )
     embedding = AggregationEmbedding(sampling.out_channels, (4, 4, 7))
-    return STSNAggregation(sampling=sampling, embedding=embedding, stride=16, pairs_per_pass=pairs)
+    shape = ShapeSpec(channels=channels, stride=16)
+    return STSNAggregation(
+        sampling=sampling, embedding=embedding, input_shape=shape, pairs_per_pass=pairs
+    )
 
 
 def _randomize(module, seed=1, offset_scale=0.5):
@@ -139,7 +147,7 @@ def check_identical_frames_give_the_reference(device):
         ref = ref.to(device)
         support = ref[:, None].expand(-1, num_support, -1, -1, -1)
         offsets = torch.zeros(2, num_support, dtype=torch.int64, device=device)
-        out = module(ref, support, offsets)
+        out = _call(module, ref, support, offsets)
         expected = module.sampling(ref, ref)
         assert not torch.allclose(expected, ref), (num_support, seed)
         torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
@@ -149,7 +157,9 @@ def check_identical_frames_give_the_reference(device):
         ref, _, _ = _features(3, 0)
         ref = ref.to(device)
         support = ref[:, None].expand(-1, num_support, -1, -1, -1)
-        out = module(ref, support, torch.zeros(3, num_support, dtype=torch.int64, device=device))
+        out = _call(
+            module, ref, support, torch.zeros(3, num_support, dtype=torch.int64, device=device)
+        )
         torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6, msg=f"S={num_support}")
 
 
@@ -166,7 +176,7 @@ def check_weights_are_a_per_pixel_distribution(device):
     for num_support, seed in itertools.product([1, 2, 26], range(3)):
         module = _randomize(_stsn(seed=seed), seed=seed).to(device)
         ref, support, offsets = (x.to(device) for x in _features(2, num_support, seed=seed))
-        out, weights = module(ref, support, offsets, return_weights=True)
+        out, weights = module.aggregate(ref, support, return_weights=True)
         case = (num_support, seed)
         assert out.shape == ref.shape, case
         assert weights.shape == (2, 1 + num_support, 5, 7), case
@@ -190,10 +200,10 @@ def test_weights_are_a_per_pixel_distribution_cuda():
 def test_aggregation_matches_eq3_and_eq4_written_out():
     module = _randomize(_stsn()).double()
     ref, support, offsets = _features(2, 3, dtype=torch.float64)
-    out, weights = module(ref, support, offsets, return_weights=True)
+    out, weights = module.aggregate(ref, support, return_weights=True)
     # Two passes of 2 pairs each accumulate the same sums.
     module.pairs_per_pass = 2
-    out_in_passes, weights_in_passes = module(ref, support, offsets, return_weights=True)
+    out_in_passes, weights_in_passes = module.aggregate(ref, support, return_weights=True)
     torch.testing.assert_close(out_in_passes, out, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(weights_in_passes, weights, rtol=1e-12, atol=1e-12)
     frames = [ref] + list(support.unbind(1))
@@ -215,10 +225,10 @@ def test_aggregation_matches_eq3_and_eq4_written_out():
 def test_passes_over_the_window_do_not_change_the_result():
     module = _randomize(_stsn())
     ref, support, offsets = _features(2, 26)
-    whole, weights = module(ref, support, offsets, return_weights=True)
+    whole, weights = module.aggregate(ref, support, return_weights=True)
     for pairs in [1, 2, 5, 8, 26, 27, 40]:
         module.pairs_per_pass = pairs
-        out, w = module(ref, support, offsets, return_weights=True)
+        out, w = module.aggregate(ref, support, return_weights=True)
         torch.testing.assert_close(out, whole, msg=f"{pairs} pairs per pass")
         torch.testing.assert_close(w, weights, msg=f"{pairs} pairs per pass")
     with pytest.raises(ValueError, match="MODEL.STSN.PAIRS_PER_PASS"):
@@ -230,7 +240,8 @@ def test_aggregation_is_invariant_to_the_order_of_support_frames():
     ref, support, offsets = _features(2, 4)
     order = torch.tensor([2, 0, 3, 1])
     torch.testing.assert_close(
-        module(ref, support, offsets), module(ref, support[:, order], offsets[:, order])
+        _call(module, ref, support, offsets),
+        _call(module, ref, support[:, order], offsets[:, order]),
     )
 
 
@@ -240,7 +251,7 @@ def test_gradcheck_float64():
     ref.requires_grad_()
     support.requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda r, s: module(r, s, offsets), (ref, support), eps=1e-6, atol=1e-5
+        lambda r, s: _call(module, r, s, offsets), (ref, support), eps=1e-6, atol=1e-5
     )
 
 
@@ -254,7 +265,7 @@ def test_offsets_learn_from_the_identity_initialisation():
     optimizer = torch.optim.SGD(module.parameters(), lr=1e-3)
     for step in range(2):
         optimizer.zero_grad()
-        (module(ref, support, offsets) - target).square().mean().backward()
+        (_call(module, ref, support, offsets) - target).square().mean().backward()
         for name, p in module.named_parameters():
             learns = p.grad.abs().sum() > 0
             first_step_only = name.startswith("sampling.sample.") or name.startswith("embedding.")
@@ -265,26 +276,26 @@ def test_offsets_learn_from_the_identity_initialisation():
 def test_ssn_is_the_reference_sampled_for_itself():
     torch.manual_seed(0)
     sampling = _randomize(SpatioTemporalSamplingBlock(6, conv_dim=5))
-    ssn = SSNAggregation(sampling=sampling, stride=16)
+    ssn = SSNAggregation(sampling=sampling, input_shape=ShapeSpec(channels=6, stride=16))
     ref, support, offsets = _features(2, 3)
-    out = ssn(ref, support, offsets)
+    out = _call(ssn, ref, support, offsets)
     torch.testing.assert_close(out, sampling(ref, ref))
-    torch.testing.assert_close(ssn(ref, support[:, :0], offsets[:, :0]), out)
-    torch.testing.assert_close(ssn(ref, -support, offsets), out)
+    torch.testing.assert_close(_call(ssn, ref, support[:, :0], offsets[:, :0]), out)
+    torch.testing.assert_close(_call(ssn, ref, -support, offsets), out)
     # STSN with no support frame is SSN; an SSN checkpoint initialises STSN's sampling block.
     stsn = _stsn(seed=3)
     missing, unexpected = stsn.load_state_dict(ssn.state_dict(), strict=False)
     assert not unexpected and missing and all(k.startswith("embedding.") for k in missing)
-    torch.testing.assert_close(stsn(ref, support[:, :0], offsets[:, :0]), out)
+    torch.testing.assert_close(_call(stsn, ref, support[:, :0], offsets[:, :0]), out)
 
 
 def test_bad_aggregation_inputs_are_refused():
     module = _stsn()
     ref, support, offsets = _features(2, 2)
     with pytest.raises(ValueError, match="support maps"):
-        module(ref, support[:, :, :3], offsets)
+        _call(module, ref, support[:, :, :3], offsets)
     with pytest.raises(ValueError, match="offsets"):
-        module(ref, support, offsets[:, :1])
+        _call(module, ref, support, offsets[:, :1])
 
 
 # ---------------------------------------------------------------- config and registry
@@ -308,7 +319,7 @@ def test_registry_builds_stsn_and_ssn_from_the_config():
         assert type(module).__name__ == name
         assert module.output_shape() == ShapeSpec(channels=out_channels or 16, stride=16)
         ref, support, offsets = _features(1, 2, channels=16)
-        assert module(ref, support, offsets).shape == (1, out_channels or 16, 5, 7)
+        assert _call(module, ref, support, offsets).shape == (1, out_channels or 16, 5, 7)
 
 
 @pytest.mark.parametrize("path", PAPER_CONFIGS)
@@ -367,17 +378,18 @@ def test_backbone_runs_once_per_frame_over_a_test_video_at_k13():
     cached = []
     aggregate = model.temporal_aggregation.forward
 
-    def counting(ref, support, offsets):
-        cached.append(len(model._window))
-        assert support.shape[1] == 26
-        return aggregate(ref, support, offsets)
+    def counting(ref, support, offsets, frames):
+        cached.append(model.num_cached_tensors())
+        assert support["feature"].shape[1] == 26
+        return aggregate(ref, support, offsets, frames)
 
     model.temporal_aggregation.forward = counting
     done = list(run_on_video(model, random_video(31)))
     assert calls == [1] * 31
     assert [meta["frame_idx"] for meta, _ in done] == list(range(31))
-    # The cache never holds more than the 2K+1 frames of one window.
-    assert len(cached) == 31 and max(cached) <= 27
+    # The cache never holds more than the 2K+1 frames of one window (one map each), plus the
+    # pending frames' images (the 13 of the look-ahead and the frame being detected).
+    assert len(cached) == 31 and max(cached) <= 27 + 14
 
 
 def _padded_windows(num_frames, k, stride):
@@ -396,12 +408,12 @@ def test_boundary_padding_on_a_three_frame_video():
         seen = []
         aggregate = model.temporal_aggregation.forward
 
-        def recording(ref, support, offsets):
-            seen.append((ref, support[0], offsets[0].tolist()))
-            return aggregate(ref, support, offsets)
+        def recording(ref, support, offsets, frames):
+            seen.append((ref["feature"], support["feature"][0], offsets[0].tolist()))
+            return aggregate(ref, support, offsets, frames)
 
         model.temporal_aggregation.forward = recording
-        model(random_video(3, seed=k))
+        list(run_on_video(model, random_video(3, seed=k)))
         expected = _padded_windows(3, k, stride)
         assert len(seen) == 3, (k, stride)
         for t, (ref, support, offsets) in enumerate(seen):

@@ -21,7 +21,6 @@ tool = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(tool)
 
 STMN = "configs/synthetic/stmn.yaml"
-SMALL = ["MODEL.STMN.MEMORY_CHANNELS", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +36,26 @@ def single_frame_checkpoint(tmp_path_factory):
     return str(path), model.state_dict()
 
 
-def test_a_plain_single_frame_checkpoint_gives_the_backbone(single_frame_checkpoint, tmp_path):
+def test_the_shipped_single_frame_checkpoint_converts(single_frame_checkpoint, tmp_path):
     path, source = single_frame_checkpoint
     output = tmp_path / "new" / "folder" / "stmn.pth"  # its folder is created
-    report = tool.main(["--config-file", STMN, "--input", path, "--output", str(output), *SMALL])
-    assert report.converted == []  # no feature_conv: the cells start fresh
+    report = tool.main(["--config-file", STMN, "--input", path, "--output", str(output)])
     state = torch.load(output, weights_only=True)["model"]
     backbone = [k for k in source if k.startswith("backbone.")]
     assert backbone and set(backbone) <= set(report.copied)
     for key in backbone:
         assert torch.equal(state[key], source[key]), key
+    # No feature_conv in a plain checkpoint: W_z, W_r, W start as the identity.
+    assert report.converted
+    weight = state["temporal_aggregation.forward_memory.cell.input_conv.weight"]
+    identity = weight[:256, :, weight.shape[2] // 2, weight.shape[3] // 2]
+    assert torch.equal(identity, torch.eye(256))
+    # Memories of another width: the one-line explanation of what to pass.
+    with pytest.raises(KeyError, match="--source-conv ''"):
+        tool.main(
+            ["--config-file", STMN, "--input", path, "--output", str(tmp_path / "b.pth")]
+            + ["MODEL.STMN.MEMORY_CHANNELS", "8"]
+        )
 
 
 def test_bad_inputs_and_outputs_fail_before_the_work(single_frame_checkpoint, tmp_path):

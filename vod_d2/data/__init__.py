@@ -16,6 +16,7 @@ from .datasets import (
 from .frame_sampling import FrameSampler
 from .mapper import VideoDatasetMapper
 from .samplers import MixedVideoTrainingSampler, VideoInferenceSampler
+from .video_source import VideoFrameSource
 
 __all__ = [
     "VID_CLASSES",
@@ -35,4 +36,5 @@ __all__ = [
     "VideoDatasetMapper",
     "MixedVideoTrainingSampler",
     "VideoInferenceSampler",
+    "VideoFrameSource",
 ]

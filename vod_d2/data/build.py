@@ -12,6 +12,7 @@ from detectron2.data.build import filter_images_with_only_crowd_annotations
 from .datasets import build_frame_table
 from .mapper import VideoDatasetMapper
 from .samplers import MixedVideoTrainingSampler, VideoInferenceSampler
+from .video_source import VideoFrameSource
 
 __all__ = ["build_video_train_loader", "build_video_test_loader"]
 
@@ -55,7 +56,9 @@ def build_video_train_loader(cfg, mapper=None):
 def build_video_test_loader(cfg, dataset_name, mapper=None):
     """
     Loader that yields the frames of ``dataset_name`` one at a time, video after video, each
-    video in frame order and whole on one rank. Every frame is read once.
+    video in frame order and whole on one rank. Every frame is read once by the stream; the
+    loader's ``frame_source`` attribute (:class:`VideoFrameSource`) gives the videos' lengths
+    and random access to single frames (for models that prefetch support frames).
 
     Args:
         cfg: a config with the vod_d2 keys.
@@ -66,12 +69,14 @@ def build_video_test_loader(cfg, dataset_name, mapper=None):
     records = sorted(records, key=lambda r: (r["video_id"], r["frame_idx"]))
     if mapper is None:
         mapper = VideoDatasetMapper(cfg, is_train=False)
-    return build_detection_test_loader(
+    loader = build_detection_test_loader(
         records,
         mapper=mapper,
         sampler=VideoInferenceSampler([r["video_id"] for r in records]),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
+    loader.frame_source = VideoFrameSource(records, mapper)
+    return loader
 
 
 def _seed(cfg):

@@ -26,16 +26,18 @@ class FrameSampler:
     * ``"fixed"``: the frames ``t + o`` for each ``o`` in ``offsets`` (STMN's sequence).
     * ``"global"``: ``num_support`` frames drawn uniformly over the whole video, without
       replacement when it is long enough (SparseVOD).
-    * ``"key_frame"``: the previous key frame ``t - d`` (``d`` uniform in
-      ``[0, key_interval - 1]``) and the next one ``t - d + key_interval`` (Impression Network's
-      old key / current / new key triplet).
+    * ``"key_frame"``: an old and a new key frame, ``t + d_0`` and ``t + d_1`` with ``d_0``
+      uniform in ``[key_ranges[0], key_ranges[1]]`` and ``d_1`` in ``[key_ranges[2],
+      key_ranges[3]]`` (inclusive): the old key / current / new key triplets of key-frame
+      methods (Impression §3.2: ``d_0`` in [-l, -l/2], ``d_1`` in [-l/2, l/2]; the LSTS
+      authors' sampler: [-10, -6] and [-5, 4]).
     """
 
     rule: str
     num_support: int = 0
     range: int = 1
     offsets: Tuple[int, ...] = ()
-    key_interval: int = 10
+    key_ranges: Tuple[int, int, int, int] = (-10, -5, -5, 5)
 
     def __post_init__(self):
         if self.rule not in SAMPLING_RULES:
@@ -48,8 +50,13 @@ class FrameSampler:
             raise ValueError(f"rule {self.rule!r} needs INPUT.VIDEO.TRAIN_RANGE >= 1")
         if self.rule == "fixed" and (not self.offsets or 0 in self.offsets):
             raise ValueError("rule 'fixed' needs non-zero INPUT.VIDEO.TRAIN_OFFSETS")
-        if self.rule == "key_frame" and self.key_interval < 1:
-            raise ValueError("rule 'key_frame' needs MODEL.VIDEO.KEY_FRAME_INTERVAL >= 1")
+        if self.rule == "key_frame":
+            ranges = tuple(self.key_ranges)
+            if len(ranges) != 4 or ranges[0] > ranges[1] or ranges[2] > ranges[3]:
+                raise ValueError(
+                    "rule 'key_frame' needs INPUT.VIDEO.TRAIN_KEY_RANGES = (old_min, old_max, "
+                    f"new_min, new_max) with min <= max, got {ranges}"
+                )
 
     @classmethod
     def from_config(cls, cfg) -> "FrameSampler":
@@ -58,7 +65,7 @@ class FrameSampler:
             num_support=cfg.INPUT.VIDEO.TRAIN_NUM_SUPPORT,
             range=cfg.INPUT.VIDEO.TRAIN_RANGE,
             offsets=tuple(cfg.INPUT.VIDEO.TRAIN_OFFSETS),
-            key_interval=cfg.MODEL.VIDEO.KEY_FRAME_INTERVAL,
+            key_ranges=tuple(cfg.INPUT.VIDEO.TRAIN_KEY_RANGES),
         )
 
     @property
@@ -91,6 +98,7 @@ class FrameSampler:
         elif self.rule == "global":
             frames = list(rng.choice(video_length, size=n, replace=video_length < n))
         else:
-            old_key = t - int(rng.integers(0, self.key_interval))
-            frames = [old_key, old_key + self.key_interval]
+            old_min, old_max, new_min, new_max = self.key_ranges
+            frames = [t + int(rng.integers(old_min, old_max + 1))]
+            frames.append(t + int(rng.integers(new_min, new_max + 1)))
         return [int(min(max(f, 0), video_length - 1)) - t for f in frames]

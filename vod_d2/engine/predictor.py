@@ -12,6 +12,7 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
+from ..modeling import VideoDetector
 from .trainer import build_video_postprocess
 
 __all__ = ["VideoPredictor", "VideoReader"]
@@ -28,7 +29,8 @@ class VideoReader:
     The file is checked when the reader is made: a missing file raises ``FileNotFoundError``
     and one OpenCV cannot open raises ``OSError``, both naming it. Each iteration decodes the
     video again from its first frame and raises ``ValueError`` if not a single frame decodes
-    (an empty or corrupt video).
+    (an empty or corrupt video); it warns, with both counts, when fewer frames decode than the
+    container announces (a truncated or partly corrupt file).
 
     Attributes:
         path (str): the video file.
@@ -39,6 +41,7 @@ class VideoReader:
 
     def __init__(self, path: Union[str, os.PathLike]):
         self.path = os.fspath(path)
+        self._warned = False
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"video file {self.path!r} does not exist")
         capture = self._open()
@@ -69,6 +72,12 @@ class VideoReader:
             raise ValueError(
                 f"no frame could be decoded from {self.path!r}: the video is empty or corrupt"
             )
+        if num_read < self.num_frames and not self._warned:
+            self._warned = True
+            logger.warning(
+                f"{self.path}: decoded {num_read} frames, but the container announces "
+                f"{self.num_frames}; the file is truncated or partly corrupt"
+            )
 
     def _open(self):
         import cv2  # only video files need OpenCV
@@ -89,15 +98,17 @@ class VideoPredictor:
     2. takes BGR frames (as OpenCV decodes them) and converts them to ``cfg.INPUT.FORMAT``;
     3. resizes them with ``ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, MAX_SIZE_TEST)``, one
        transform for the whole video (all its frames must have the same size);
-    4. feeds them to the model's streaming API (``reset``/``step``/``flush`` of
-       :class:`vod_d2.modeling.VideoRCNN`), so each frame goes through the backbone once and
-       the model's own feature window gives the look-ahead of offline methods or the memory
-       of online ones;
+    4. feeds them to the model's streaming API (:class:`vod_d2.modeling.VideoDetector`), so
+       each frame goes through the backbone once and the model's own support gives the
+       look-ahead of offline methods or the memory of online ones. A model with whole-video
+       support (SparseVOD) reads a video file twice: a first pass decodes every frame and runs
+       the model on its sampled support frames only, the second streams the video; frames
+       given as an iterable (unknown length) use the model's online variant instead;
     5. returns ``(frame_index, Instances)`` for every frame, in order, with boxes in the
        coordinates of the original frame.
 
-    Memory is bounded by the model's window whatever the video's length: the predictor keeps
-    no frame, and results come out as soon as the window allows (an offline model with a
+    Memory is bounded by the model's support whatever the video's length: the predictor keeps
+    no frame, and results come out as soon as the model's support allows (an offline model with a
     look-ahead of K frames returns frame ``t`` when frame ``t + K`` is put; the single-frame
     baseline returns every frame at once).
 
@@ -135,14 +146,10 @@ class VideoPredictor:
         """
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg)
-        missing = [
-            m for m in ("reset", "step", "flush") if not callable(getattr(self.model, m, None))
-        ]
-        if missing:
+        if not isinstance(self.model, VideoDetector):
             raise TypeError(
-                f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r} has no streaming API "
-                f"(no {', '.join(missing)}): VideoPredictor needs a video meta-architecture such "
-                "as VideoRCNN"
+                f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r} is not a video "
+                "meta-architecture (vod_d2.modeling.VideoDetector, e.g. VideoRCNN)"
             )
         self.model.eval()
         self.metadata = MetadataCatalog.get(
@@ -159,19 +166,30 @@ class VideoPredictor:
         self.video_postprocess = build_video_postprocess(self.cfg)
         self.reset()
 
-    def reset(self, video_name: str = "video"):
+    def reset(self, video_name: str = "video", num_frames: Optional[int] = None):
         """
         Start a new video: forget the frames, windows and detections of the previous one.
 
         Args:
             video_name: the video's name, passed to the model as the frames' ``video_id``.
+            num_frames: the video's length where known (see :meth:`prefetch_indices`).
         """
-        self.model.reset()
+        self.model.reset(num_frames)
         self._video_name = video_name
         self._num_frames = 0
         self._frame_shape: Optional[Tuple[int, int]] = None
         self._transform: Optional[T.Transform] = None
         self._detections: List[FrameResult] = []
+
+    def prefetch_indices(self) -> List[int]:
+        """Frames of the current video to :meth:`prime` before it is streamed with :meth:`put`
+        (models with whole-video support, when :meth:`reset` was given the length)."""
+        return self.model.prefetch_indices()
+
+    @torch.no_grad()
+    def prime(self, index: int, frame: np.ndarray):
+        """Give the model frame ``index`` of the video ahead of the stream (BGR (H, W, 3))."""
+        self.model.prime(self._frame_dict(frame, index), index)
 
     @torch.no_grad()
     def put(self, frame: np.ndarray) -> List[FrameResult]:
@@ -188,7 +206,7 @@ class VideoPredictor:
             ``scores``, ``pred_classes``). Empty while an offline window fills, and always
             with Seq-NMS (see :meth:`flush`).
         """
-        frame_dict = self._frame_dict(frame)
+        frame_dict = self._frame_dict(frame, self._num_frames)
         self._num_frames += 1
         return self._emit(self.model.step(frame_dict))
 
@@ -227,30 +245,45 @@ class VideoPredictor:
             iterating; a video without a decodable frame raises ``ValueError`` when iterated.
         """
         if isinstance(video, (str, os.PathLike)):
-            name = os.fspath(video)
-            video = VideoReader(video)
-        else:
-            name = "video"
-        return self._run(video, name)
+            reader = VideoReader(video)
+            return self._run(reader, reader.path, reader.num_frames or None)
+        return self._run(video, "video", None)
 
-    def _run(self, frames: Iterable[np.ndarray], name: str) -> Iterator[FrameResult]:
-        self.reset(name)
+    def _run(
+        self, frames: Iterable[np.ndarray], name: str, num_frames: Optional[int]
+    ) -> Iterator[FrameResult]:
+        self.reset(name, num_frames)
+        wanted = self.prefetch_indices()
+        if wanted:
+            self._prefetch(frames, name, set(wanted))
         for frame in frames:
             yield from self.put(frame)
         if self._num_frames == 0:
             raise ValueError(f"video {name!r} has no frames")
         yield from self.flush()
 
-    def _frame_dict(self, frame: np.ndarray) -> Dict:
-        """The model's test input for a BGR frame (same keys as the test mapper's)."""
+    def _prefetch(self, frames: Iterable[np.ndarray], name: str, wanted: set):
+        """First pass over a video file: prime the wanted frames, decoding each frame once. A
+        file that decodes fewer frames than announced is planned again on its true length."""
+        found = 0
+        for index, frame in enumerate(frames):
+            found = index + 1
+            if index in wanted:
+                self.prime(index, frame)
+        if found and max(wanted) >= found:
+            self.reset(name, found)
+            self._prefetch(frames, name, set(self.prefetch_indices()))
+
+    def _frame_dict(self, frame: np.ndarray, index: int) -> Dict:
+        """The model's test input for BGR frame ``index`` (same keys as the test mapper's)."""
         if not isinstance(frame, np.ndarray):
             raise TypeError(
-                f"frame {self._num_frames} of video {self._video_name!r} must be a numpy array, "
+                f"frame {index} of video {self._video_name!r} must be a numpy array, "
                 f"got {type(frame).__name__}"
             )
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             raise ValueError(
-                f"frame {self._num_frames} of video {self._video_name!r} must be a (H, W, 3) "
+                f"frame {index} of video {self._video_name!r} must be a (H, W, 3) "
                 f"uint8 BGR array, got {frame.dtype} {frame.shape}"
             )
         height, width = frame.shape[:2]
@@ -259,7 +292,7 @@ class VideoPredictor:
             self._transform = self.aug.get_transform(frame)
         elif (height, width) != self._frame_shape:
             raise ValueError(
-                f"frame {self._num_frames} of video {self._video_name!r} is {height}x{width}, "
+                f"frame {index} of video {self._video_name!r} is {height}x{width}, "
                 f"but its first frame is {self._frame_shape[0]}x{self._frame_shape[1]}"
             )
         if self.input_format == "RGB":
@@ -269,9 +302,9 @@ class VideoPredictor:
             "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "height": height,
             "width": width,
-            "image_id": self._num_frames,
+            "image_id": index,
             "video_id": self._video_name,
-            "frame_idx": self._num_frames,
+            "frame_idx": index,
         }
 
     def _emit(self, done: List[Tuple[Dict, Dict]]) -> List[FrameResult]:

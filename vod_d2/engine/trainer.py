@@ -1,8 +1,10 @@
 """VideoTrainer: detectron2's DefaultTrainer with video loaders, evaluator and inference loop."""
 
+import contextlib
 import logging
 from collections import OrderedDict
 
+import detectron2.engine.defaults as d2_defaults
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, print_csv_format
 from detectron2.utils import comm
@@ -11,6 +13,7 @@ from ..data import build_video_test_loader, build_video_train_loader
 from ..evaluation import VIDEvaluator
 from ..postprocessing import seq_nms_instances, seq_nms_kwargs_from_config
 from .inference import inference_on_videos
+from .optimizer import build_optimizer
 
 __all__ = ["VideoTrainer", "build_video_postprocess"]
 
@@ -33,12 +36,47 @@ def build_video_postprocess(cfg):
     return apply
 
 
+def create_ddp_model(model, **kwargs):
+    """
+    detectron2's ``create_ddp_model`` for models on any device: it passes
+    ``device_ids=[local rank]``, which DistributedDataParallel refuses for a model on the CPU
+    (multi-process CPU training with gloo); a CPU model gets ``device_ids=None`` instead.
+    """
+    if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
+        kwargs.setdefault("device_ids", None)
+    return _create_ddp_model(model, **kwargs)
+
+
+_create_ddp_model = d2_defaults.create_ddp_model
+
+
+@contextlib.contextmanager
+def _cpu_aware_ddp():
+    """DefaultTrainer.__init__ wraps the model with the module-level create_ddp_model of
+    detectron2.engine.defaults; this is the one place to give it :func:`create_ddp_model`."""
+    d2_defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = _create_ddp_model
+
+
 class VideoTrainer(DefaultTrainer):
     """
     Trains and evaluates vod_d2 models with detectron2's loop, hooks, checkpointer and AMP;
     only the data loaders, the evaluator and the test loop (which walks videos in order and
-    resets the model's state at each new video) are specific to video.
+    resets the model's state at each new video) are specific to video, and multi-process
+    training also works for models on the CPU (gloo).
     """
+
+    def __init__(self, cfg):
+        with _cpu_aware_ddp():
+            super().__init__(cfg)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """:func:`vod_d2.engine.optimizer.build_optimizer` (SGD or AdamW, model overrides)."""
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -1,5 +1,6 @@
 """Ops of the temporal methods: autograd wrappers of ``vod_d2._C`` and pure-PyTorch references."""
 
+from .deform_psroi_pool import DeformPSRoIPool, deform_ps_roi_pool, deform_ps_roi_pool_reference
 from .deform_sampling import (
     DeformableSimilaritySampling,
     deformable_similarity_sampling,
@@ -15,9 +16,12 @@ from .match_trans import (
 from .temporal_roi_align import TemporalRoIAlign, temporal_roi_align, temporal_roi_align_reference
 
 __all__ = [
+    "DeformPSRoIPool",
     "DeformableSimilaritySampling",
     "MatchTransAlign",
     "TemporalRoIAlign",
+    "deform_ps_roi_pool",
+    "deform_ps_roi_pool_reference",
     "deformable_similarity_sampling",
     "deformable_similarity_sampling_reference",
     "local_aggregate",

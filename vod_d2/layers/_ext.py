@@ -40,6 +40,21 @@ def extension_has_cuda() -> bool:
     return _C is not None and _C.with_cuda()
 
 
+def register_fake(op: str):
+    """Decorator: the fake (meta) kernel of ``torch.ops.vod_d2.<op>``, for torch.compile/export.
+
+    It computes the output shapes and dtypes without data. Nothing is registered when the
+    extension is missing (the layers then run their references, which need no fake kernels).
+    """
+
+    def register(fn):
+        if _C is not None:
+            torch.library.register_fake(f"vod_d2::{op}")(fn)
+        return fn
+
+    return register
+
+
 def use_kernel(op: str, device: torch.device) -> bool:
     """Whether ``op`` on tensors of ``device`` runs the compiled kernel (else the reference).
 

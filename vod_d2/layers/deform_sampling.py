@@ -12,6 +12,15 @@ position, ``(B, 2N, H, W)`` with channel ``2n`` holding dy_n and ``2n + 1`` hold
 with y <= -1, y >= H, x <= -1 or x >= W samples zero; corners outside the map contribute zero. At
 integer locations the gradient with respect to the offsets is the one-sided one from above.
 
+The LSTS authors' MXNet code (jiangzhengkai/LSTS, ``BilinearSampleK``) orders them **(dx, dy)**:
+its learned locations, the ``(N, 2)`` parameter ``init_offset`` of a checkpoint, convert to this
+op's offsets by swapping the two columns, ``init_offset[:, ::-1]`` (``.flip(1)`` on a tensor).
+
+Offsets have the features' dtype, or float32 with float16 / bfloat16 features (mixed precision,
+the module's float32 parameter under autocast): the gradient of shared offsets sums over all
+B * H * W positions and would overflow half precision once the loss scale reaches ~65536, so it
+is then accumulated and returned in float32.
+
 The compiled kernel computes the (B, N, H, W) similarities and the weighted sum without ever
 holding the (B, C, N, H, W) sampled features; the reference builds them.
 """
@@ -25,6 +34,7 @@ from torch.autograd.function import once_differentiable
 from vod_d2.layers import _ext
 
 NORMALIZATIONS = ("softmax", "sum")
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _check_inputs(query, key, value, offsets, normalization):
@@ -60,10 +70,14 @@ def _check_inputs(query, key, value, offsets, normalization):
             f"{op}: offsets must be (N, 2) or (B, 2N, H, W) = ({b}, 2N, {h}, {w}) with N >= 1, "
             f"got {tuple(offsets.shape)}"
         )
-    if len({query.dtype, key.dtype, value.dtype, offsets.dtype}) != 1:
+    float32_offsets = query.dtype in _LOW_PRECISION and offsets.dtype == torch.float32
+    if len({query.dtype, key.dtype, value.dtype}) != 1 or not (
+        offsets.dtype == query.dtype or float32_offsets
+    ):
         raise TypeError(
-            f"{op}: query, key, value and offsets must share one dtype, got {query.dtype}, "
-            f"{key.dtype}, {value.dtype}, {offsets.dtype}"
+            f"{op}: query, key, value and offsets must share one dtype (or float32 offsets with "
+            f"float16 / bfloat16 features), got {query.dtype}, {key.dtype}, {value.dtype}, "
+            f"{offsets.dtype}"
         )
     if len({query.device, key.device, value.device, offsets.device}) != 1:
         raise ValueError(
@@ -81,6 +95,35 @@ def _normalize(similarity, normalization, eps):
     if normalization == "softmax":
         return similarity.softmax(dim=1)
     return similarity / (similarity.sum(dim=1, keepdim=True) + eps)
+
+
+def _num_points(offsets):
+    return offsets.shape[0] if offsets.dim() == 2 else offsets.shape[1] // 2
+
+
+@_ext.register_fake("deform_similarity_forward")
+def _similarity_fake(query, key, offsets):
+    b, _, h, w = query.shape
+    return query.new_empty(b, _num_points(offsets), h, w)
+
+
+@_ext.register_fake("deform_similarity_backward")
+def _similarity_backward_fake(grad_similarity, query, key, offsets):
+    return query.new_empty(query.shape), key.new_empty(key.shape), offsets.new_empty(offsets.shape)
+
+
+@_ext.register_fake("deform_aggregate_forward")
+def _aggregate_fake(weights, value, offsets):
+    return value.new_empty(value.shape)
+
+
+@_ext.register_fake("deform_aggregate_backward")
+def _aggregate_backward_fake(grad_output, weights, value, offsets):
+    return (
+        weights.new_empty(weights.shape),
+        value.new_empty(value.shape),
+        offsets.new_empty(offsets.shape),
+    )
 
 
 class _DeformSimilarity(torch.autograd.Function):
@@ -120,7 +163,8 @@ def deformable_similarity_sampling(query, key, value, offsets, normalization="so
         key (Tensor): (B, C', H, W) embedding of the frame sampled from (f(F_t)).
         value (Tensor): (B, C, H, W) features aggregated (F_t).
         offsets (Tensor): (N, 2) shared or (B, 2N, H, W) per-position sampling offsets, in
-            (dy, dx) order, in feature cells.
+            (dy, dx) order, in feature cells; the features' dtype, or float32 with float16 /
+            bfloat16 features (their gradient is then float32).
         normalization (str): "softmax" over the N similarities, or "sum" for the paper's
             s_n / (sum_m s_m + eps) (Eq. 3; meant for non-negative similarities).
         eps (float): added to the denominator of the "sum" normalisation.
@@ -188,14 +232,17 @@ def deformable_similarity_sampling_reference(
 ):
     """Pure-PyTorch :func:`deformable_similarity_sampling`: samples the N full maps, then reduces.
 
-    Same arguments and result; needs (B, C, N, H, W) memory for the sampled values.
+    Same arguments and result; needs (B, C, N, H, W) memory for the sampled values. With float32
+    offsets and half-precision features it computes in float32 (as the kernel, which accumulates
+    in float32 anyway) and returns the features' dtype.
     """
     _check_inputs(query, key, value, offsets, normalization)
     b, _, h, w = query.shape
     y, x = _sampling_locations(offsets, b, h, w)
     similarity = (query.unsqueeze(2) * bilinear_sample_reference(key, y, x)).sum(dim=1)
     weights = _normalize(similarity, normalization, eps)
-    return (weights.unsqueeze(1) * bilinear_sample_reference(value, y, x)).sum(dim=2)
+    out = (weights.unsqueeze(1) * bilinear_sample_reference(value, y, x)).sum(dim=2)
+    return out.to(value.dtype)
 
 
 class DeformableSimilaritySampling(nn.Module):
@@ -204,7 +251,9 @@ class DeformableSimilaritySampling(nn.Module):
     The sampling offsets are a parameter, (N, 2) in (dy, dx) order, initialised either from a
     2-D Gaussian with zero mean and unit variance ("gaussian", the paper's best setting) or on a
     regular sqrt(N) x sqrt(N) grid with unit spacing centred on the position ("grid", the paper's
-    "uniform" initialisation, a MatchTrans-like neighbourhood).
+    "uniform" initialisation, a MatchTrans-like neighbourhood). The authors' checkpoints hold them
+    as ``init_offset`` in (dx, dy) order: swap the columns when converting (see the module
+    docstring).
     """
 
     def __init__(self, num_points=9, init="gaussian", normalization="softmax", eps=1e-6):
@@ -264,7 +313,11 @@ class DeformableSimilaritySampling(nn.Module):
             Tensor: (B, C, H, W) aggregated features.
         """
         if offsets is None:
-            offsets = self.offsets.to(query.dtype)
+            offsets = self.offsets
+            # A float32 parameter stays float32 with half-precision features (its gradient sums
+            # over every position), otherwise it follows the features.
+            if not (query.dtype in _LOW_PRECISION and offsets.dtype == torch.float32):
+                offsets = offsets.to(query.dtype)
         return deformable_similarity_sampling(
             query, key, value, offsets, self.normalization, self.eps
         )

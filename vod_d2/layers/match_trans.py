@@ -63,6 +63,27 @@ def _displacements(k):
     return [(dy, dx) for dy in range(-k, k + 1) for dx in range(-k, k + 1)]
 
 
+@_ext.register_fake("local_correlation_forward")
+def _correlation_fake(a, b, k):
+    n, _, h, w = a.shape
+    return a.new_empty(n, (2 * k + 1) ** 2, h, w)
+
+
+@_ext.register_fake("local_correlation_backward")
+def _correlation_backward_fake(grad, a, b, k):
+    return a.new_empty(a.shape), b.new_empty(b.shape)
+
+
+@_ext.register_fake("local_aggregate_forward")
+def _aggregate_fake(weights, m, k):
+    return m.new_empty(m.shape)
+
+
+@_ext.register_fake("local_aggregate_backward")
+def _aggregate_backward_fake(grad, weights, m, k):
+    return weights.new_empty(weights.shape), m.new_empty(m.shape)
+
+
 class _LocalCorrelation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, k):

@@ -1,11 +1,34 @@
-"""Models of vod_d2: meta-architectures and temporal aggregation modules."""
+"""Models of vod_d2: the streaming core, meta-architectures and temporal modules."""
 
-from .meta_arch import FeatureWindow, VideoRCNN
-from .temporal import TEMPORAL_AGGREGATION_REGISTRY, build_temporal_aggregation
+from . import backbone, flow, roi_heads, sparse_rcnn  # noqa: F401  (registration)
+from .frames import (
+    FrameInfo,
+    GlobalSupport,
+    KeySegmentSupport,
+    NoSupport,
+    SupportPolicy,
+    WindowSupport,
+)
+from .meta_arch import KeyFrameRCNN, VideoDetector, VideoRCNN
+from .temporal import (
+    TEMPORAL_AGGREGATION_REGISTRY,
+    TemporalAggregation,
+    TemporalModule,
+    build_temporal_aggregation,
+)
 
 __all__ = [
-    "FeatureWindow",
+    "FrameInfo",
+    "GlobalSupport",
+    "KeySegmentSupport",
+    "NoSupport",
+    "SupportPolicy",
+    "WindowSupport",
+    "KeyFrameRCNN",
+    "VideoDetector",
     "VideoRCNN",
     "TEMPORAL_AGGREGATION_REGISTRY",
+    "TemporalAggregation",
+    "TemporalModule",
     "build_temporal_aggregation",
 ]

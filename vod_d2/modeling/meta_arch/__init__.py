@@ -1,6 +1,7 @@
 """Video meta-architectures, registered in detectron2's META_ARCH_REGISTRY."""
 
-from .frame_window import FeatureWindow
+from .key_frame_rcnn import KeyFrameRCNN
+from .video_base import Payload, VideoDetector
 from .video_rcnn import VideoRCNN
 
-__all__ = ["FeatureWindow", "VideoRCNN"]
+__all__ = ["KeyFrameRCNN", "Payload", "VideoDetector", "VideoRCNN"]

@@ -1,48 +1,50 @@
 """VideoRCNN: a GeneralizedRCNN whose heads see a temporally aggregated feature map."""
 
 import logging
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, build_backbone
 from detectron2.modeling.proposal_generator import build_proposal_generator
 from detectron2.modeling.roi_heads import build_roi_heads
-from detectron2.structures import ImageList
-from torch import nn
+from detectron2.structures import ImageList, Instances
 
-from ..temporal.build import build_temporal_aggregation
-from .frame_window import FeatureWindow
+from ..frames import FULL, FrameInfo, WindowSupport
+from ..temporal.build import TemporalAggregation, build_temporal_aggregation
+from .video_base import Payload, VideoDetector
 
 __all__ = ["VideoRCNN"]
 
 logger = logging.getLogger(__name__)
 
+# Payload entries that hold the temporal module's encodings, apart from the backbone's maps.
+_TEMPORAL = "temporal."
+
 
 @META_ARCH_REGISTRY.register()
-class VideoRCNN(GeneralizedRCNN):
+class VideoRCNN(VideoDetector, GeneralizedRCNN):
     """
-    Two-stage video detector: backbone once per frame, a temporal aggregation module on one
-    backbone map (``in_feature``), then detectron2's proposal generator and ROI heads.
+    Two-stage video detector: the backbone once per frame, a :class:`TemporalAggregation` on
+    one backbone map (``in_feature``), then detectron2's proposal generator and ROI heads on
+    the aggregated map (the other backbone maps come from the reference frame).
+
+    A frame's payload is its backbone maps, with ``in_feature`` replaced by the temporal
+    module's :meth:`~TemporalAggregation.encode` (entries ``"temporal.<name>"``); support
+    frames contribute the module's ``support_keys`` encodings. Test-time support is the window
+    ``test_window`` at ``test_stride`` (:class:`~vod_d2.modeling.frames.WindowSupport`).
 
     Training input follows :class:`vod_d2.data.VideoDatasetMapper`: every dict is a reference
-    frame with ``support_images`` and ``support_offsets``. The reference and support frames of
-    the whole batch go through the backbone together, once.
-
-    Test input is one video, frame by frame, through the streaming API: :meth:`reset` before a
-    video, :meth:`step` for each frame in order, :meth:`flush` at its end. Each frame's backbone
-    feature is computed once and kept in a :class:`FeatureWindow` only while a pending frame's
-    test window needs it. Offline methods (a window reaching into the future) get their results
-    delayed by the look-ahead; online methods keep recurrent state in the aggregation module,
-    which :meth:`reset` clears. With the default ``SingleFrameAggregation`` and a (0, 0) window
-    this is exactly the single-frame Faster R-CNN baseline.
+    frame with ``support_images`` and ``support_offsets``; all frames of a batch go through the
+    backbone together, once. With ``SingleFrameAggregation`` and a (0, 0) window this is exactly
+    detectron2's single-frame Faster R-CNN (and ``inference`` is its batched inference).
     """
 
     @configurable
     def __init__(
         self,
         *,
-        temporal_aggregation: nn.Module,
+        temporal_aggregation: TemporalAggregation,
         in_feature: str,
         test_window: Tuple[int, int],
         test_stride: int,
@@ -50,23 +52,23 @@ class VideoRCNN(GeneralizedRCNN):
     ):
         """
         Args:
-            temporal_aggregation: module from TEMPORAL_AGGREGATION_REGISTRY (see its contract).
+            temporal_aggregation: module from TEMPORAL_AGGREGATION_REGISTRY.
             in_feature: name of the backbone map that is aggregated over time.
             test_window: (frames before, frames after) the reference used at test time.
             test_stride: frame step between members of the test window.
             kwargs: arguments of :class:`GeneralizedRCNN`.
         """
-        super().__init__(**kwargs)
-        self.temporal_aggregation = temporal_aggregation
-        self.in_feature = in_feature
         before, after = test_window
         if before < 0 or after < 0 or test_stride < 1:
             raise ValueError(
                 f"MODEL.VIDEO.TEST_WINDOW must be two non-negative ints and TEST_STRIDE >= 1, "
                 f"got {tuple(test_window)} and {test_stride}"
             )
-        self.test_offsets = [test_stride * j for j in range(-before, after + 1) if j != 0]
-        self._window = None
+        offsets = [test_stride * j for j in range(-before, after + 1) if j != 0]
+        super().__init__(support_policy=WindowSupport(offsets), **kwargs)
+        self.temporal_aggregation = temporal_aggregation
+        self.in_feature = in_feature
+        self.support_keys = tuple(_TEMPORAL + k for k in temporal_aggregation.support_keys)
 
     @classmethod
     def from_config(cls, cfg):
@@ -95,6 +97,42 @@ class VideoRCNN(GeneralizedRCNN):
             "test_stride": cfg.MODEL.VIDEO.TEST_STRIDE,
         }
 
+    # ------------------------------------------------------------------ the core's hooks
+    def encode(self, images: ImageList, frames: List[FrameInfo]) -> Payload:
+        """
+        Backbone maps of N frames, ``in_feature`` replaced by the temporal encodings.
+
+        Returns:
+            Payload: the backbone's maps (N, C, H, W) under their names, and the temporal
+            module's encodings under ``"temporal.<name>"``.
+        """
+        if any(f.kind != FULL for f in frames):
+            raise ValueError("VideoRCNN runs the full backbone on every frame")
+        features = self.backbone(images.tensor)
+        encoded = self.temporal_aggregation.encode(features.pop(self.in_feature), frames)
+        return {**features, **{_TEMPORAL + k: v for k, v in encoded.items()}}
+
+    def detect(self, target, support, frame, support_frames, images):
+        """Aggregate one frame's window, then run the RPN and ROI heads on it."""
+        offsets = [s.index - frame.index for s in support_frames]
+        ref = self._encodings(target)
+        stacked = {}
+        for key in self.temporal_aggregation.support_keys:
+            values = [p[_TEMPORAL + key] for p in support]
+            stacked[key] = (
+                torch.cat(values)[None]
+                if values
+                else ref[key].new_empty((1, 0, *ref[key].shape[1:]))
+            )
+        offsets = torch.as_tensor([offsets], dtype=torch.int64, device=self.device).view(1, -1)
+        features = self._head_features(
+            target, self.temporal_aggregation(ref, stacked, offsets, [frame])
+        )
+        proposals, _ = self.proposal_generator(images, features, None)
+        (results,), _ = self.roi_heads(images, features, proposals, None)
+        return results
+
+    # ------------------------------------------------------------------ training
     def forward(self, batched_inputs: List[Dict]):
         """
         Args:
@@ -115,21 +153,26 @@ class VideoRCNN(GeneralizedRCNN):
                 f"all samples of a batch need as many support frames, got {num_support}"
             )
         (num_support,) = num_support
-        frames = [x["image"] for x in batched_inputs]
-        frames += [s for x in batched_inputs for s in x.get("support_images", [])]
-        offsets = torch.as_tensor(
-            [x.get("support_offsets", []) for x in batched_inputs], dtype=torch.int64
-        ).reshape(len(batched_inputs), num_support)
-
-        images = self._preprocess(frames)
         batch = len(batched_inputs)
-        all_features = self.backbone(images.tensor)
-        features = {k: v[:batch] for k, v in all_features.items()}
-        encoded = self._encode(all_features[self.in_feature])
-        support = encoded[batch:].reshape(batch, num_support, *encoded.shape[1:])
-        features[self.in_feature] = self.temporal_aggregation(
-            encoded[:batch], support, offsets.to(support.device)
+        offsets = [list(x.get("support_offsets", [])) for x in batched_inputs]
+        frames = [_training_frame(x, 0) for x in batched_inputs]
+        frames += [_training_frame(x, o) for x, row in zip(batched_inputs, offsets) for o in row]
+        images = self.preprocess_image(
+            [{"image": x["image"]} for x in batched_inputs]
+            + [{"image": s} for x in batched_inputs for s in x.get("support_images", [])]
         )
+        payload = self.encode(images, frames)
+        encoded = self._encodings(payload)
+        ref = {k: v[:batch] for k, v in encoded.items()}
+        support = {
+            k: encoded[k][batch:].reshape(batch, num_support, *encoded[k].shape[1:])
+            for k in self.temporal_aggregation.support_keys
+        }
+        offsets = torch.as_tensor(offsets, dtype=torch.int64, device=self.device)
+        aggregated = self.temporal_aggregation(
+            ref, support, offsets.reshape(batch, num_support), frames[:batch]
+        )
+        features = self._head_features({k: v[:batch] for k, v in payload.items()}, aggregated)
         ref_images = ImageList(images.tensor[:batch], images.image_sizes[:batch])
 
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
@@ -142,84 +185,51 @@ class VideoRCNN(GeneralizedRCNN):
                 self.visualize_training(batched_inputs, proposals)
         return {**detector_losses, **proposal_losses}
 
-    def inference(self, batched_inputs: List[Dict], do_postprocess: bool = True):
+    # ------------------------------------------------------------------ single images
+    def inference_frames(
+        self,
+        batched_inputs: List[Dict],
+        detected_instances: Optional[List[Instances]] = None,
+        do_postprocess: bool = True,
+    ):
         """
-        Detect objects in the consecutive frames of one video (a whole, short video; use the
-        streaming API for long ones).
-
-        Returns:
-            list[dict]: ``{"instances": Instances}`` per frame, in input order.
+        detectron2's ``GeneralizedRCNN.inference`` for frame-independent models (no support
+        frame, stateless module): the inputs are independent images, batched.
         """
-        if not do_postprocess:
-            raise NotImplementedError("VideoRCNN.inference always post-processes")
-        self.reset()
-        done = []
-        for frame in batched_inputs:
-            done.extend(self.step(frame))
-        done.extend(self.flush())
-        return [output for _, output in done]
-
-    def reset(self):
-        """Start a new video: drop the feature window and the aggregation module's state."""
-        self._window = FeatureWindow(self.test_offsets, self.in_feature)
-        self.temporal_aggregation.reset()
-
-    @torch.no_grad()
-    def step(self, frame: Dict) -> List[Tuple[Dict, Dict]]:
-        """
-        Feed the next frame of the current video.
-
-        Args:
-            frame: a test dict of :class:`VideoDatasetMapper` (``image`` (C, H, W) and metadata).
-
-        Returns:
-            list of (frame metadata, ``{"instances": Instances}``) for the frames whose window
-            became complete, in frame order (empty while the look-ahead fills).
-        """
-        if self._window is None:
-            self.reset()
-        images = self._preprocess([frame["image"]])
-        features = self.backbone(images.tensor)
-        features[self.in_feature] = self._encode(features[self.in_feature])
-        meta = {k: v for k, v in frame.items() if k != "image"}
-        self._window.push(meta, features, images.image_sizes[0])
-        return [self._detect(*item) for item in self._window.pop_ready()]
-
-    @torch.no_grad()
-    def flush(self) -> List[Tuple[Dict, Dict]]:
-        """End the current video: detect in every pending frame (borders repeat the last frame)."""
-        if self._window is None:
-            return []
-        done = [self._detect(*item) for item in self._window.pop_ready(final=True)]
-        self._window = None
-        return done
-
-    def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        """The aggregation module's per-frame ``encode`` of (N, C, H, W) maps, if it has one."""
-        encode = getattr(self.temporal_aggregation, "encode", None)
-        return x if encode is None else encode(x)
-
-    def _detect(self, meta: Dict, features: Dict[str, torch.Tensor], image_size, support, offsets):
-        """Aggregate one frame's window, run the heads and rescale to the frame's size."""
-        features = dict(features)
-        offsets = torch.as_tensor(offsets, dtype=torch.int64, device=self.device)[None]
-        features[self.in_feature] = self.temporal_aggregation(
-            features[self.in_feature], support, offsets
+        assert not self.training
+        images = self.preprocess_image(batched_inputs)
+        frames = [FrameInfo(x.get("frame_idx", i)) for i, x in enumerate(batched_inputs)]
+        payload = self.encode(images, frames)
+        ref = self._encodings(payload)
+        support = {
+            k: ref[k].new_empty((ref[k].shape[0], 0, *ref[k].shape[1:]))
+            for k in self.temporal_aggregation.support_keys
+        }
+        offsets = torch.zeros((len(batched_inputs), 0), dtype=torch.int64, device=self.device)
+        features = self._head_features(
+            payload, self.temporal_aggregation(ref, support, offsets, frames)
         )
-        # detectron2's RPN and ROI heads read only the image sizes of an ImageList.
-        images = ImageList(support.new_empty((1, 0, 0, 0)), [image_size])
-        proposals, _ = self.proposal_generator(images, features, None)
-        results, _ = self.roi_heads(images, features, proposals, None)
-        (output,) = GeneralizedRCNN._postprocess(results, [meta], [image_size])
-        return meta, output
+        if detected_instances is None:
+            proposals, _ = self.proposal_generator(images, features, None)
+            results, _ = self.roi_heads(images, features, proposals, None)
+        else:
+            detected_instances = [x.to(self.device) for x in detected_instances]
+            results = self.roi_heads.forward_with_given_boxes(features, detected_instances)
+        if do_postprocess:
+            return GeneralizedRCNN._postprocess(results, batched_inputs, images.image_sizes)
+        return results
 
-    def _preprocess(self, frames: List[torch.Tensor]) -> ImageList:
-        """Normalise (C, H, W) uint8 frames and pad them into one ImageList."""
-        images = [
-            (self._move_to_current_device(x) - self.pixel_mean) / self.pixel_std for x in frames
-        ]
-        return ImageList.from_tensors(
-            images,
-            self.backbone.size_divisibility,
-            padding_constraints=self.backbone.padding_constraints,
-        )
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _encodings(payload: Payload) -> Dict[str, torch.Tensor]:
+        return {k[len(_TEMPORAL) :]: v for k, v in payload.items() if k.startswith(_TEMPORAL)}
+
+    def _head_features(self, payload: Payload, aggregated: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The maps the heads read: the reference's backbone maps and the aggregated one."""
+        features = {k: v for k, v in payload.items() if not k.startswith(_TEMPORAL)}
+        features[self.in_feature] = aggregated
+        return features
+
+
+def _training_frame(sample: Dict, offset: int) -> FrameInfo:
+    return FrameInfo(sample.get("frame_idx", 0) + offset, sample.get("video_length"))

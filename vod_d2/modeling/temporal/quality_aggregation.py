@@ -17,26 +17,37 @@ __all__ = ["QualityNet", "QualityAwareAggregation"]
 
 class QualityNet(nn.Module):
     """
-    N_q of both papers: 3x3x256 conv, ReLU, 1x1x16 conv, ReLU, 1x1x1 conv; a raw, position-wise
-    quality score of a feature map (randomly initialised, learned from the task loss alone).
+    N_q of both papers: three convs giving a raw, position-wise quality score of a feature map
+    (randomly initialised, learned from the task loss alone). The papers' text: 3x3x256, ReLU,
+    1x1x16, ReLU, 1x1x1 (the default); the LSTS authors' code: 1x1x256, 3x3x16, 3x3x1 without
+    activations (``kernel_sizes=(1, 3, 3), activation=False``).
     """
 
-    def __init__(self, in_channels: int, dims: Sequence[int] = (256, 16)):
+    def __init__(
+        self,
+        in_channels: int,
+        dims: Sequence[int] = (256, 16),
+        kernel_sizes: Sequence[int] = (3, 1, 1),
+        activation: bool = True,
+    ):
         """
         Args:
             in_channels: channels C of the scored features.
-            dims: widths of the 3x3 and the first 1x1 conv (the papers: 256, 16).
+            dims: widths of the first two convs (the papers: 256, 16).
+            kernel_sizes: kernels of the three convs (odd).
+            activation: ReLU after the first two convs.
         """
         super().__init__()
-        if len(dims) != 2:
-            raise ValueError(f"QualityNet needs two widths (3x3 conv, 1x1 conv), got {dims}")
+        if len(dims) != 2 or len(kernel_sizes) != 3 or any(k % 2 == 0 for k in kernel_sizes):
+            raise ValueError(
+                f"QualityNet needs two widths and three odd kernels, got {tuple(dims)} and "
+                f"{tuple(kernel_sizes)}"
+            )
+        widths = (in_channels, *dims, 1)
         self.convs = nn.ModuleList(
-            [
-                Conv2d(in_channels, dims[0], 3, padding=1),
-                Conv2d(dims[0], dims[1], 1),
-                Conv2d(dims[1], 1, 1),
-            ]
+            Conv2d(widths[i], widths[i + 1], k, padding=k // 2) for i, k in enumerate(kernel_sizes)
         )
+        self.activation = activation
         for conv in self.convs:
             weight_init.c2_msra_fill(conv)
 
@@ -50,7 +61,7 @@ class QualityNet(nn.Module):
         """
         for i, conv in enumerate(self.convs):
             x = conv(x)
-            if i < len(self.convs) - 1:
+            if self.activation and i < len(self.convs) - 1:
                 x = F.relu(x)
         return x
 
@@ -64,15 +75,15 @@ class QualityAwareAggregation(nn.Module):
     Table 1 (c), LSTS Table 2).
     """
 
-    def __init__(self, in_channels: int, quality: bool = True, dims: Sequence[int] = (256, 16)):
+    def __init__(self, in_channels: int, quality: bool = True, **quality_net):
         """
         Args:
             in_channels: channels C of the fused features.
             quality: learn position-wise weights with N_q; False: equal weights.
-            dims: widths of N_q's first two convs.
+            quality_net: arguments of :class:`QualityNet` (its layout).
         """
         super().__init__()
-        self.quality_net = QualityNet(in_channels, dims) if quality else None
+        self.quality_net = QualityNet(in_channels, **quality_net) if quality else None
 
     def weights(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """

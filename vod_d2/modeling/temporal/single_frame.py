@@ -1,15 +1,15 @@
 """The trivial aggregation: the reference frame alone (the single-frame baseline)."""
 
-from torch import nn
-
-from .build import TEMPORAL_AGGREGATION_REGISTRY
+from .build import TEMPORAL_AGGREGATION_REGISTRY, TemporalAggregation
 
 __all__ = ["SingleFrameAggregation"]
 
 
 @TEMPORAL_AGGREGATION_REGISTRY.register()
-class SingleFrameAggregation(nn.Module):
-    """Returns the reference feature unchanged and ignores support frames."""
+class SingleFrameAggregation(TemporalAggregation):
+    """Returns the reference feature unchanged; support frames contribute nothing."""
+
+    support_keys = ()
 
     def __init__(self, cfg, input_shape):
         """
@@ -17,23 +17,17 @@ class SingleFrameAggregation(nn.Module):
             cfg: unused; kept for the registry's call signature.
             input_shape (ShapeSpec): shape of the aggregated backbone map.
         """
-        super().__init__()
-        self._shape = input_shape
+        super().__init__(input_shape)
 
-    def forward(self, ref, support, offsets):
+    def forward(self, ref, support, offsets, frames):
         """
         Args:
-            ref (Tensor): (B, C, H, W) reference features.
-            support (Tensor): (B, S, C, H, W) support features (ignored).
+            ref (dict): ``{"feature": (B, C, H, W)}`` reference features.
+            support (dict): empty (no support key).
             offsets (Tensor): (B, S) frame offsets (ignored).
+            frames: the reference frames' metadata (ignored).
 
         Returns:
-            Tensor: ``ref``, (B, C, H, W).
+            Tensor: ``ref["feature"]``, (B, C, H, W).
         """
-        return ref
-
-    def output_shape(self):
-        return self._shape
-
-    def reset(self):
-        """Stateless: nothing to forget."""
+        return ref["feature"]

@@ -14,9 +14,9 @@ carry, so it is not offered.
 
 Test sequence. Every frame is detected with the memories of its own window
 ``MODEL.VIDEO.TEST_WINDOW`` (the authors' "centre" test mode), so the memory never crosses into
-another window or video and :meth:`STMNAggregation.reset` has nothing to forget. A frame is in
+another window or video and the module is stateless. A frame is in
 2K+1 windows, so the memory-independent half of each cell step (``W * F``) is computed once per
-frame by :meth:`STMNAggregation.encode`, which VideoRCNN applies as the frame enters its cache.
+frame by :meth:`STMNAggregation.encode`, as the frame enters the meta-architecture's cache.
 """
 
 from collections import defaultdict
@@ -30,7 +30,7 @@ from fvcore.nn import weight_init
 from torch import nn
 
 from ...layers import MatchTransAlign
-from .build import TEMPORAL_AGGREGATION_REGISTRY
+from .build import TEMPORAL_AGGREGATION_REGISTRY, TemporalAggregation
 
 __all__ = [
     "bn_star",
@@ -42,6 +42,8 @@ __all__ = [
 ]
 
 CELLS = ("STMM", "ConvGRU")
+# Encodings of each direction's input projection, forward first.
+_PROJECTIONS = ("forward_projection", "backward_projection")
 
 
 def bn_star(x: torch.Tensor, k: float = 3.0) -> torch.Tensor:
@@ -249,7 +251,7 @@ def _build_cell(
 
 
 @TEMPORAL_AGGREGATION_REGISTRY.register()
-class STMNAggregation(nn.Module):
+class STMNAggregation(TemporalAggregation):
     """
     Bidirectional aligned spatial-temporal memory over a reference frame's window.
 
@@ -261,6 +263,10 @@ class STMNAggregation(nn.Module):
     offset 0 is the reference, so a border frame simply has a shorter sequence on that side, as
     in the paper's test procedure. BN* statistics are shared by the samples of a batch that
     have the same set of offsets (they are processed together).
+
+    A frame's encodings (:meth:`encode`) are its backbone map ``"feature"`` (MatchTrans reads
+    it) and, for each direction, the memory-independent half of its cell step
+    (``"forward_projection"``, ``"backward_projection"``).
     """
 
     @configurable
@@ -293,10 +299,9 @@ class STMNAggregation(nn.Module):
             matchtrans_normalization: how MatchTrans normalises its affinities
                 (see :class:`vod_d2.layers.MatchTransAlign`).
         """
-        super().__init__()
+        super().__init__(input_shape)
         if input_shape.channels is None:
             raise ValueError("STMNAggregation needs the channels of MODEL.VIDEO.IN_FEATURE")
-        self._input_shape = input_shape
         self.memory_channels = memory_channels
 
         def direction():
@@ -317,6 +322,7 @@ class STMNAggregation(nn.Module):
 
         self.forward_memory = direction()
         self.backward_memory = direction() if bidirectional else None
+        self.support_keys = ("feature",) + tuple(_PROJECTIONS[: len(self._directions)])
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -338,51 +344,65 @@ class STMNAggregation(nn.Module):
     def _directions(self) -> List[SpatialTemporalMemory]:
         return [m for m in (self.forward_memory, self.backward_memory) if m is not None]
 
-    def encode(self, features: torch.Tensor) -> torch.Tensor:
+    def encode(self, feature: torch.Tensor, frames=()) -> Dict[str, torch.Tensor]:
         """
         The per-frame part of STMN: a frame's features and, for each direction, the
-        memory-independent half of Eq. 1-3 (``[W_z * F, W_r * F, W * F]``). ``VideoRCNN``
-        encodes every frame once as it enters the test window, so a frame seen by 2K+1
-        windows is not projected 2K+1 times.
+        memory-independent half of Eq. 1-3 (``[W_z * F, W_r * F, W * F]``). Every frame is
+        encoded once as it enters the test window, so a frame seen by 2K+1 windows is not
+        projected 2K+1 times.
 
         Args:
-            features (Tensor): (N, C_in, H, W) backbone features.
+            feature (Tensor): (N, C_in, H, W) backbone features.
+            frames: the frames' metadata (unused).
 
         Returns:
-            Tensor: (N, C_in + D * 3 M, H, W), D the number of directions.
+            dict: ``"feature"`` (N, C_in, H, W) and ``"forward_projection"`` (and
+            ``"backward_projection"`` when bidirectional), each (N, 3 M, H, W).
         """
-        return torch.cat([features] + [d.cell.project(features) for d in self._directions], 1)
+        if feature.dim() != 4 or feature.shape[1] != self.input_shape.channels:
+            raise ValueError(
+                f"STMNAggregation was built for {self.input_shape.channels}-channel features "
+                f"(MODEL.VIDEO.IN_FEATURE), got {tuple(feature.shape)}"
+            )
+        encoded = {"feature": feature}
+        for name, direction in zip(_PROJECTIONS, self._directions):
+            encoded[name] = direction.cell.project(feature)
+        return encoded
 
-    def forward(self, ref: torch.Tensor, support: torch.Tensor, offsets: torch.Tensor):
+    def forward(self, ref, support, offsets, frames=()):
         """
         Args:
-            ref (Tensor): (B, C, H, W) features of the reference frames: backbone features
-                (C = C_in) or their :meth:`encode` (C = C_in + D * 3 M), as VideoRCNN passes.
-            support (Tensor): (B, S, C, H, W) the same for their support frames.
+            ref (dict): :meth:`encode` of B reference frames, each (B, ...).
+            support (dict): the same for their S support frames, each (B, S, ...).
             offsets (Tensor): (B, S) int frame offsets ``support - reference`` (their signs and
                 order give the temporal order).
+            frames: the reference frames' metadata (unused).
 
         Returns:
             Tensor: (B, M, H, W) forward memory, or (B, 2 M, H, W) forward and backward
             memories concatenated, of each reference.
         """
-        b, c = ref.shape[:2]
-        in_channels = self._input_shape.channels
-        encoded_channels = in_channels + 3 * self.memory_channels * len(self._directions)
-        if c not in (in_channels, encoded_channels) or support.shape[2:3] != ref.shape[1:2]:
+        keys = self.support_keys
+        if set(ref) < set(keys) or set(support) < set(keys):
             raise ValueError(
-                f"STMNAggregation was built for {in_channels}-channel features "
-                f"(MODEL.VIDEO.IN_FEATURE) or their {encoded_channels}-channel encoding, got "
-                f"reference {tuple(ref.shape)} and support {tuple(support.shape)}"
+                f"STMNAggregation reads the encodings {keys} (STMNAggregation.encode), got "
+                f"reference {sorted(ref)} and support {sorted(support)}"
             )
-        if support.shape[:2] != offsets.shape or support.shape[0] != b:
+        b, c = ref["feature"].shape[:2]
+        if (
+            c != self.input_shape.channels
+            or support["feature"].shape[2:] != ref["feature"].shape[1:]
+        ):
             raise ValueError(
-                f"support {tuple(support.shape)} and offsets {tuple(offsets.shape)} do not "
-                f"match {b} reference frames"
+                f"STMNAggregation was built for {self.input_shape.channels}-channel features "
+                f"(MODEL.VIDEO.IN_FEATURE), got reference {tuple(ref['feature'].shape)} and "
+                f"support {tuple(support['feature'].shape)}"
             )
-        if c == in_channels:
-            ref = self.encode(ref)
-            support = self.encode(support.flatten(0, 1)).unflatten(0, support.shape[:2])
+        if support["feature"].shape[:2] != offsets.shape or offsets.shape[0] != b:
+            raise ValueError(
+                f"support {tuple(support['feature'].shape)} and offsets {tuple(offsets.shape)} "
+                f"do not match {b} reference frames"
+            )
         rows = offsets.tolist()
         groups: Dict[Tuple[int, ...], List[int]] = defaultdict(list)
         for i, row in enumerate(rows):
@@ -392,71 +412,55 @@ class STMNAggregation(nn.Module):
             return self._aggregate(ref, support, rows, window)
         order, outputs = [], []
         for window, members in groups.items():
-            index = torch.as_tensor(members, device=ref.device)
-            group_rows = [rows[i] for i in members]
-            outputs.append(self._aggregate(ref[index], support[index], group_rows, window))
+            index = torch.as_tensor(members, device=offsets.device)
+            outputs.append(
+                self._aggregate(
+                    {k: v[index] for k, v in ref.items()},
+                    {k: v[index] for k, v in support.items()},
+                    [rows[i] for i in members],
+                    window,
+                )
+            )
             order.extend(members)
-        inverse = torch.as_tensor(order, device=ref.device).argsort()
+        inverse = torch.as_tensor(order, device=offsets.device).argsort()
         return torch.cat(outputs)[inverse]
 
     def _aggregate(
         self,
-        ref: torch.Tensor,
-        support: torch.Tensor,
+        ref: Dict[str, torch.Tensor],
+        support: Dict[str, torch.Tensor],
         rows: List[List[int]],
         window: Tuple[int, ...],
     ) -> torch.Tensor:
         """
         Memories of references whose distinct non-zero offsets are all ``window`` (sorted);
-        ``ref`` and ``support`` are encoded, ``rows`` are their offsets, which locate each
-        offset's frame in their ``support``.
+        ``rows`` are their offsets, which locate each offset's frame in ``support``.
         """
 
-        def sequence(offsets):
+        def sequence(key, offsets):
             if not offsets:
-                return ref[:, None]
+                return ref[key][:, None]
             index = torch.as_tensor([[row.index(o) for o in offsets] for row in rows])
             samples = torch.arange(len(rows))[:, None]
-            frames = support[samples.to(ref.device), index.to(ref.device)]
-            return torch.cat([frames, ref[:, None]], dim=1)
+            device = ref[key].device
+            frames = support[key][samples.to(device), index.to(device)]
+            return torch.cat([frames, ref[key][:, None]], dim=1)
 
         past = [o for o in window if o < 0]
         future = [o for o in reversed(window) if o > 0]
         memories = [
-            self.run_direction(i, sequence(offsets))
-            for i, offsets in enumerate((past, future)[: len(self._directions)])
+            direction(sequence("feature", offsets), sequence(name, offsets))
+            for direction, name, offsets in zip(self._directions, _PROJECTIONS, (past, future))
         ]
         return torch.cat(memories, dim=1)
 
-    def run_direction(self, index: int, frames: torch.Tensor) -> torch.Tensor:
-        """
-        Args:
-            index: 0 for the forward memory, 1 for the backward one.
-            frames (Tensor): (N, T, C_enc, H, W) encoded frames (:meth:`encode`) in the order the
-                memory visits them.
-
-        Returns:
-            Tensor: (N, M, H, W) the memory after the last frame.
-        """
-        in_channels = self._input_shape.channels
-        projected = 3 * self.memory_channels
-        begin = in_channels + index * projected
-        return self._directions[index](
-            frames[:, :, :in_channels], frames[:, :, begin : begin + projected]
-        )
-
     def output_shape(self) -> ShapeSpec:
         directions = 1 if self.backward_memory is None else 2
-        return ShapeSpec(
-            channels=directions * self.memory_channels, stride=self._input_shape.stride
-        )
-
-    def reset(self):
-        """The memory is rebuilt inside every window, so there is no state to forget."""
+        return ShapeSpec(channels=directions * self.memory_channels, stride=self.input_shape.stride)
 
 
 @TEMPORAL_AGGREGATION_REGISTRY.register()
-class STMNSingleFrameAggregation(nn.Module):
+class STMNSingleFrameAggregation(TemporalAggregation):
     """
     The single-frame detector STMN starts from: ``ReLU(W * F_t)`` on the reference alone.
 
@@ -468,6 +472,8 @@ class STMNSingleFrameAggregation(nn.Module):
     of both STMN directions and widens the heads to the two concatenated memories.
     """
 
+    support_keys = ()
+
     @configurable
     def __init__(self, *, input_shape: ShapeSpec, memory_channels: int, kernel_size: int = 3):
         """
@@ -476,7 +482,7 @@ class STMNSingleFrameAggregation(nn.Module):
             memory_channels: output channels M (those of the STMN memory it initialises).
             kernel_size: kernel of the convolution (STMN's ``KERNEL_SIZE``).
         """
-        super().__init__()
+        super().__init__(input_shape)
         self._shape = ShapeSpec(channels=memory_channels, stride=input_shape.stride)
         self.feature_conv = Conv2d(
             input_shape.channels, memory_channels, kernel_size, padding=kernel_size // 2
@@ -491,20 +497,18 @@ class STMNSingleFrameAggregation(nn.Module):
             "kernel_size": cfg.MODEL.STMN.KERNEL_SIZE,
         }
 
-    def forward(self, ref: torch.Tensor, support: torch.Tensor, offsets: torch.Tensor):
+    def forward(self, ref, support, offsets, frames=()):
         """
         Args:
-            ref (Tensor): (B, C_in, H, W) reference features.
-            support (Tensor): (B, S, C_in, H, W) support features (ignored).
+            ref (dict): ``{"feature": (B, C_in, H, W)}`` reference features.
+            support (dict): empty: support frames contribute nothing.
             offsets (Tensor): (B, S) frame offsets (ignored).
+            frames: the reference frames' metadata (ignored).
 
         Returns:
             Tensor: (B, M, H, W) ``ReLU(W * ref)``.
         """
-        return F.relu(self.feature_conv(ref))
+        return F.relu(self.feature_conv(ref["feature"]))
 
     def output_shape(self) -> ShapeSpec:
         return self._shape
-
-    def reset(self):
-        """Stateless: nothing to forget."""

@@ -29,7 +29,7 @@ from fvcore.nn import weight_init
 from torch import nn
 from torchvision.ops import DeformConv2d
 
-from .build import TEMPORAL_AGGREGATION_REGISTRY
+from .build import TEMPORAL_AGGREGATION_REGISTRY, TemporalAggregation
 
 __all__ = [
     "SpatioTemporalSamplingBlock",
@@ -189,7 +189,7 @@ class AggregationEmbedding(nn.Module):
 
 
 @TEMPORAL_AGGREGATION_REGISTRY.register()
-class STSNAggregation(nn.Module):
+class STSNAggregation(TemporalAggregation):
     """
     STSN's temporal aggregation: every frame of the window (the reference first, as a support of
     itself) is sampled for the reference by one shared :class:`SpatioTemporalSamplingBlock`,
@@ -200,8 +200,8 @@ class STSNAggregation(nn.Module):
     the weighted sum is accumulated over the passes, so at test time (2K+1 = 27 pairs) memory
     beyond the feature cache does not grow with K. Frame offsets are not used: the paper's
     weights depend on appearance only. The module is stateless (the test-time feature cache
-    lives in VideoRCNN's window). With no support frame it returns ``g_{t,t}`` (a single weight
-    of 1) without running the embedding, so it can also be tested on a (0, 0) window.
+    lives in the meta-architecture). With no support frame it returns ``g_{t,t}`` (a single
+    weight of 1) without running the embedding, so it can also be tested on a (0, 0) window.
     """
 
     @configurable
@@ -210,23 +210,22 @@ class STSNAggregation(nn.Module):
         *,
         sampling: SpatioTemporalSamplingBlock,
         embedding: AggregationEmbedding,
-        stride: int,
+        input_shape: ShapeSpec,
         pairs_per_pass: int = 0,
     ):
         """
         Args:
             sampling: the sampling block shared by all support frames.
             embedding: the subnetwork S(.) of the aggregation weights.
-            stride: stride of the aggregated map (that of the backbone map).
+            input_shape: shape of the backbone map (its stride is the output's).
             pairs_per_pass: (reference, frame) pairs sampled at once; 0 for all of them.
         """
-        super().__init__()
+        super().__init__(input_shape)
         if pairs_per_pass < 0:
             raise ValueError(f"MODEL.STSN.PAIRS_PER_PASS must be >= 0, got {pairs_per_pass}")
         self.sampling = sampling
         self.embedding = embedding
         self.pairs_per_pass = pairs_per_pass
-        self._stride = stride
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
@@ -234,16 +233,31 @@ class STSNAggregation(nn.Module):
         return {
             "sampling": sampling,
             "embedding": AggregationEmbedding(sampling.out_channels, cfg.MODEL.STSN.EMBED_DIMS),
-            "stride": input_shape.stride,
+            "input_shape": input_shape,
             "pairs_per_pass": cfg.MODEL.STSN.PAIRS_PER_PASS,
         }
 
-    def forward(self, ref, support, offsets, return_weights: bool = False):
+    def forward(self, ref, support, offsets, frames):
         """
+        Args:
+            ref (dict): ``{"feature": (B, C, H, W)}`` reference maps ``f_t``.
+            support (dict): ``{"feature": (B, S, C, H, W)}`` support maps ``f_{t+k}``.
+            offsets (Tensor): (B, S) frame offsets (unused: the weights depend on appearance).
+            frames: the reference frames' metadata (unused).
+
+        Returns:
+            Tensor: (B, C_out, H, W) aggregated map ``g_t^agg`` (:meth:`aggregate`).
+        """
+        _check_inputs(ref["feature"], support["feature"], offsets)
+        return self.aggregate(ref["feature"], support["feature"])
+
+    def aggregate(self, ref, support, return_weights: bool = False):
+        """
+        Eq. 3-4 over the reference and its support frames.
+
         Args:
             ref (Tensor): (B, C, H, W) reference maps ``f_t``.
             support (Tensor): (B, S, C, H, W) support maps ``f_{t+k}``.
-            offsets (Tensor): (B, S) frame offsets (unused).
             return_weights: also return the aggregation weights.
 
         Returns:
@@ -251,7 +265,6 @@ class STSNAggregation(nn.Module):
             the (B, 1 + S, H, W) weights ``w_{t,t+k}``, the reference's first, summing to 1 over
             dim 1.
         """
-        _check_inputs(ref, support, offsets)
         if support.shape[1] == 0:
             sampled = self.sampling(ref, ref)
             weights = sampled.new_ones((ref.shape[0], 1, *sampled.shape[-2:]))
@@ -289,53 +302,48 @@ class STSNAggregation(nn.Module):
                 yield support[:, begin - 1 : end - 1]
 
     def output_shape(self):
-        return ShapeSpec(channels=self.sampling.out_channels, stride=self._stride)
-
-    def reset(self):
-        """Stateless: nothing to forget."""
+        return ShapeSpec(channels=self.sampling.out_channels, stride=self.input_shape.stride)
 
 
 @TEMPORAL_AGGREGATION_REGISTRY.register()
-class SSNAggregation(nn.Module):
+class SSNAggregation(TemporalAggregation):
     """
     SSN, the static baseline of Table 1: the STSN sampling block applied to the reference alone
     (``g_{t,t}``), support frames ignored. Its parameters carry the same names as STSN's
     sampling block, so an SSN checkpoint initialises an STSN (the embedding starts fresh).
     """
 
+    support_keys = ()
+
     @configurable
-    def __init__(self, *, sampling: SpatioTemporalSamplingBlock, stride: int):
+    def __init__(self, *, sampling: SpatioTemporalSamplingBlock, input_shape: ShapeSpec):
         """
         Args:
             sampling: the sampling block, fed (reference, reference).
-            stride: stride of the aggregated map (that of the backbone map).
+            input_shape: shape of the backbone map (its stride is the output's).
         """
-        super().__init__()
+        super().__init__(input_shape)
         self.sampling = sampling
-        self._stride = stride
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
-        return {"sampling": _build_sampling_block(cfg, input_shape), "stride": input_shape.stride}
+        return {"sampling": _build_sampling_block(cfg, input_shape), "input_shape": input_shape}
 
-    def forward(self, ref, support, offsets):
+    def forward(self, ref, support, offsets, frames):
         """
         Args:
-            ref (Tensor): (B, C, H, W) reference maps.
-            support (Tensor): (B, S, C, H, W) support maps (ignored).
+            ref (dict): ``{"feature": (B, C, H, W)}`` reference maps.
+            support (dict): empty: support frames contribute nothing.
             offsets (Tensor): (B, S) frame offsets (ignored).
+            frames: the reference frames' metadata (ignored).
 
         Returns:
             Tensor: (B, C_out, H, W) the reference sampled for itself, ``g_{t,t}``.
         """
-        _check_inputs(ref, support, offsets)
-        return self.sampling(ref, ref)
+        return self.sampling(ref["feature"], ref["feature"])
 
     def output_shape(self):
-        return ShapeSpec(channels=self.sampling.out_channels, stride=self._stride)
-
-    def reset(self):
-        """Stateless: nothing to forget."""
+        return ShapeSpec(channels=self.sampling.out_channels, stride=self.input_shape.stride)
 
 
 def _build_sampling_block(cfg, input_shape: ShapeSpec) -> SpatioTemporalSamplingBlock:

@@ -27,8 +27,11 @@ config builds:
   ``[W/2, W/2]`` (channel-major flattening puts the forward memory's channels first).
 * Tensors with no counterpart keep the model's initialisation; each is logged.
 
-A plain single-frame checkpoint (``SingleFrameAggregation``, no such conv) can still give the
-backbone: pass ``--source-conv ""`` to skip the conversion (the cells then start fresh).
+A plain single-frame checkpoint (``SingleFrameAggregation``, no such conv) is the static detector
+with an identity conv before its heads, since the map it reads is post-ReLU: when
+``MODEL.STMN.MEMORY_CHANNELS`` equals the map's width, ``W_z``, ``W_r`` and ``W`` start as that
+identity (``configs/synthetic/stmn.yaml`` is set up so). Otherwise pass ``--source-conv ""`` to
+take the backbone and heads only (the cells then start fresh).
 """
 
 import argparse
@@ -107,6 +110,19 @@ def transfer_single_frame_weights(
 def _convert(source, source_conv, cell, result):
     """Copy ``source_conv`` into the three output blocks (W_z, W_r, W) of ``cell``."""
     weight_key = source_conv + ".weight"
+    target_weight = result[cell + ".weight"]
+    expected = (target_weight.shape[0] // 3, *target_weight.shape[1:])
+    plain = not any(k.startswith("temporal_aggregation.") for k in source)
+    if weight_key not in source and plain and expected[0] == expected[1]:
+        # A plain single-frame detector is the static detector with an identity conv before
+        # the heads: its map (a ResNet stage's output) is post-ReLU, so ReLU(I * F) = F.
+        weight = torch.zeros(expected, dtype=target_weight.dtype)
+        center = expected[2] // 2, expected[3] // 2
+        weight[:, :, center[0], center[1]] = torch.eye(expected[0])
+        result[cell + ".weight"] = weight.repeat(3, 1, 1, 1)
+        if cell + ".bias" in result:
+            result[cell + ".bias"] = torch.zeros_like(result[cell + ".bias"])
+        return
     if weight_key not in source:
         target_shape = tuple(result[cell + ".weight"].shape)
         candidates = [
@@ -121,8 +137,6 @@ def _convert(source, source_conv, cell, result):
         )
     weight = source[weight_key]
     bias = source.get(source_conv + ".bias")
-    target_weight = result[cell + ".weight"]
-    expected = (target_weight.shape[0] // 3, *target_weight.shape[1:])
     if tuple(weight.shape) != expected:
         raise ValueError(
             f"{weight_key!r} has shape {tuple(weight.shape)}, but {cell} needs W_z, W_r, W of "

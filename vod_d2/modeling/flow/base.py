@@ -1,0 +1,154 @@
+"""
+What every flow network of vod_d2 is: ``(I_cur, I_ref) -> (M, S)``, the flow at the feature stride
+and the position-wise scale map of Impression Network §3.3 / Deep Feature Flow §3, plus the
+flow-guided propagation ``W(f_ref, M) * S`` built on them.
+"""
+
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .warp import warp
+
+__all__ = ["FlowNetwork", "ScaleMap", "FEATURE_STRIDE"]
+
+# Stride of the flow and of the feature it warps, in pixels of the feature network's input:
+# the paper's ResNet-101 with its dilated res5 (§3.3).
+FEATURE_STRIDE = 16
+
+
+class ScaleMap(nn.Module):
+    """
+    ``S = 1 + W * x``: a 1x1 conv whose weights start at zero and whose bias is fixed at one
+    (Impression §3.3: "initialized with weights of all zeros and fixed biases of all ones"; DFF
+    gives that bias a learning rate of zero). So S is exactly 1 until training moves the weights,
+    and the bias never moves.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        """
+        Args:
+            in_channels: channels of the flow network's top map it reads.
+            out_channels: channels C of the feature it scales (one scale per channel).
+        """
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        nn.init.zeros_(self.conv.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x (Tensor): (N, C_in, H, W).
+
+        Returns:
+            Tensor: (N, C, H, W) scales.
+        """
+        return 1.0 + self.conv(x)
+
+
+class FlowNetwork(nn.Module):
+    """
+    Base of the flow networks (registered in ``FLOW_NET_REGISTRY``).
+
+    A subclass implements ``load_pretrained(path)`` and
+    ``forward(cur_images, ref_images) -> (flow, scale)``:
+
+    * ``cur_images``, ``ref_images`` (Tensor): (N, 3, H, W) frames exactly as the detector
+      receives them: pixel values in [0, 255], channels in ``cfg.INPUT.FORMAT`` order, at the
+      feature network's input size (padded like its input). Each network normalises them for
+      its own weights, and runs at half that resolution (§4.1: 600 px for the feature network,
+      300 px for the flow network).
+    * ``flow`` (Tensor): (N, 2, ceil(H / 16), ceil(W / 16)) flow ``F(I_cur, I_ref)`` at the
+      feature stride, in pixels of the feature map: position p of the current frame matches
+      ``p + flow(p)`` of the reference frame; channel 0 is x, channel 1 is y (the convention of
+      :func:`~vod_d2.modeling.flow.warp.warp`).
+    * ``scale`` (Tensor): (N, C, ceil(H / 16), ceil(W / 16)) the scale map S, C the channels of
+      the feature it will scale (the ``feature_channels`` the network was built with).
+
+    ``ceil(H / 16)`` is the size of a stride-16 ResNet map of an H-pixel input.
+    """
+
+    def __init__(self, feature_channels: int, input_format: str):
+        """
+        Args:
+            feature_channels: channels C of the warped feature, hence of S.
+            input_format: channel order of the given frames, "BGR" or "RGB" (``INPUT.FORMAT``).
+        """
+        super().__init__()
+        if input_format not in ("BGR", "RGB"):
+            raise ValueError(
+                f"{type(self).__name__} reads BGR or RGB frames, got INPUT.FORMAT={input_format!r}"
+            )
+        self.feature_channels = feature_channels
+        self.input_format = input_format
+
+    def _to_network_input(
+        self,
+        images: torch.Tensor,
+        network_format: str,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> torch.Tensor:
+        """
+        Args:
+            images (Tensor): (N, 3, H, W) frames in ``self.input_format``, values in [0, 255].
+            network_format: channel order the weights expect.
+            mean, std: per-channel normalisation in that order, in [0, 255] units.
+
+        Returns:
+            Tensor: (N, 3, ceil(H / 2), ceil(W / 2)) normalised half-resolution frames.
+        """
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(
+                f"{type(self).__name__} takes (N, 3, H, W) frames, got {tuple(images.shape)}"
+            )
+        if network_format != self.input_format:
+            images = images.flip(1)
+        mean_t = images.new_tensor(mean).view(1, 3, 1, 1)
+        std_t = images.new_tensor(std).view(1, 3, 1, 1)
+        # Half resolution as DFF makes it: 2x2 average pooling (its "full" pooling convention,
+        # i.e. ceil_mode; the partial windows at the border average their in-image pixels).
+        return F.avg_pool2d((images - mean_t) / std_t, 2, ceil_mode=True)
+
+    def propagate(
+        self, feature: torch.Tensor, cur_images: torch.Tensor, ref_images: torch.Tensor
+    ) -> torch.Tensor:
+        """
+        ``f_ref' = W(f_ref, F(I_cur, I_ref)) * S`` (Impression §3.3; DFF Eq. 2).
+
+        Args:
+            feature (Tensor): (N, C, h, w) feature of the reference frames, at stride 16.
+            cur_images (Tensor): (N, 3, H, W) the frames to propagate to (see the class doc).
+            ref_images (Tensor): (N, 3, H, W) the frames ``feature`` was computed on.
+
+        Returns:
+            Tensor: (N, C, h, w) the feature aligned to the current frames.
+        """
+        if feature.shape[1] != self.feature_channels:
+            raise ValueError(
+                f"{type(self).__name__} was built for {self.feature_channels}-channel features "
+                f"(its scale map S), got a feature of shape {tuple(feature.shape)}"
+            )
+        flow, scale = self(cur_images, ref_images)
+        return warp(feature, flow) * scale
+
+    def freeze(self) -> "FlowNetwork":
+        """
+        Keep every weight (the scale map's too, so S stays 1) at its loaded value: Impression
+        Table 1 (e), the off-the-shelf FlyingChairs FlowNet-S. Neither network here has
+        normalisation statistics that training mode would update.
+        """
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self
+
+    def forward(
+        self, cur_images: torch.Tensor, ref_images: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def load_pretrained(self, path: str) -> None:
+        """Load the pretrained weights at ``path`` (``MODEL.FLOW.WEIGHTS``), layout per network."""
+        raise NotImplementedError(f"{type(self).__name__} cannot load MODEL.FLOW.WEIGHTS")
