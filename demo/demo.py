@@ -43,7 +43,6 @@ import numpy as np
 import tqdm
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.detection_utils import read_image
 from detectron2.structures import BoxMode, Instances
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
@@ -52,6 +51,7 @@ from detectron2.utils.visualizer import ColorMode
 import vod_d2  # noqa: F401  (registers the meta-architectures, modules and datasets)
 from vod_d2 import add_vod_config
 from vod_d2.data import dataset_classes, register_datasets_from_config
+from vod_d2.data.mapper import read_frame
 from vod_d2.engine import VideoPredictor, VideoReader
 
 logger = logging.getLogger("vod_d2.demo")
@@ -188,7 +188,7 @@ class ImageFrames:
     def __iter__(self) -> Iterator[np.ndarray]:
         for path in self.paths:
             # PIL, as in training and evaluation (detectron2's demo does the same).
-            yield read_image(path, format="BGR")
+            yield read_frame(path, "BGR")
 
 
 def _natural_key(path: str) -> List:

@@ -282,3 +282,14 @@ def test_sigterm_leaves_no_temporary_file(tmp_path):
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 128 + signal.SIGTERM
     assert os.listdir(out) == []
+
+
+def test_a_corrupt_input_frame_names_its_file(tmp_path):
+    frames_dir = tmp_path / "frames"
+    frames_dir.mkdir()
+    for t, frame in enumerate(_frames(3, seed=4)):
+        cv2.imwrite(str(frames_dir / f"{t}.png"), frame)
+    broken = frames_dir / "1.png"
+    broken.write_bytes(broken.read_bytes()[:100])  # truncated
+    with pytest.raises(OSError, match=f"Cannot read the frame {broken}"):
+        _run_demo("--input", str(frames_dir), "--json", str(tmp_path / "a.json"))
