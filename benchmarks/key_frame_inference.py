@@ -1,0 +1,171 @@
+"""
+Speed of the key-frame methods (LSTS, Impression Network, DFF) against the per-frame R-FCN.
+
+Every model is built from its config (ResNet-101 R-FCN by default, random weights: only cost is
+measured) and streams the same random video through the test API, once to warm up and once
+timed, in one process. Printed per model: time per frame, the ratio to the per-frame baseline,
+parameters, and the peak memory the streaming adds. Each model's parts are timed too: the
+heavy path (the feature network on key frames), the light path and the key-frame module, so
+that Impression's measured cost can be set against the paper's estimate
+``r ~ O(F) / O(N_feat) + 1 / l`` (F the flow network, l the key-frame interval), here with
+measured times in place of O(.).
+
+The papers: LSTS 23.0 fps against its per-frame baseline's 10.1 (2.3x, Titan V); Impression
+Network 50 ms against 156 ms per frame (3.1x, GTX 1060).
+
+    python benchmarks/key_frame_inference.py --size 320 544 --frames 30     # CPU, paper widths
+    python benchmarks/key_frame_inference.py --size 64 80 --frames 12 --warmup 2 \\
+        --baseline configs/synthetic/rfcn.yaml --methods configs/synthetic/lsts.yaml
+"""
+
+import argparse
+import json
+import multiprocessing
+import time
+from collections import defaultdict
+
+import torch
+from _memory import CpuPeak, CudaPeak, release_freed_memory
+from _streaming import device_name, random_video, synchronize
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from vod_d2 import add_vod_config
+from vod_d2.engine import run_on_video
+from vod_d2.modeling import KeyFrameRCNN
+
+BASELINE = "configs/single_frame_R101_RFCN.yaml"
+METHODS = ["configs/lsts_R101.yaml", "configs/impression_R101.yaml", "configs/dff_R101.yaml"]
+
+
+class _Timer:
+    """Adds the time of every call of ``owner.name`` to ``totals[label]``."""
+
+    def __init__(self, owner, name, label, totals, device):
+        method = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            synchronize(device)
+            start = time.perf_counter()
+            out = method(*args, **kwargs)
+            synchronize(device)
+            totals[label] += time.perf_counter() - start
+            return out
+
+        setattr(owner, name, timed)
+
+
+def _build(path, device):
+    cfg = get_cfg()
+    add_vod_config(cfg)
+    cfg.merge_from_file(path)
+    cfg.MODEL.DEVICE = device
+    torch.manual_seed(0)
+    return cfg, build_model(cfg).eval()
+
+
+def _measure(path, frames, size, warmup, device, threads):
+    """One model's figures, in a process of its own (so peak memories do not mix)."""
+    if threads:
+        torch.set_num_threads(threads)
+    video = random_video(frames, *size)
+    cfg, model = _build(path, device)
+    totals = defaultdict(float)
+    if isinstance(model, KeyFrameRCNN):
+        backbone = model.backbone
+        parts = [("forward_light", "light path"), ("forward_rest", "heavy rest")]
+        if not hasattr(backbone, "forward_light"):
+            parts = [("forward", "heavy path (N_feat)")]
+        for name, label in parts:
+            _Timer(backbone, name, label, totals, device)
+        flow = getattr(model.key_frames, "flow_net", None)
+        if flow is not None:
+            _Timer(flow, "forward", "flow net", totals, device)
+        for name in ("key_frame", "propagate"):
+            _Timer(model.key_frames, name, f"module {name}", totals, device)
+    else:
+        _Timer(model.backbone, "forward", "backbone", totals, device)
+    release_freed_memory()
+    peak = CudaPeak(device) if device.startswith("cuda") else CpuPeak()
+    with peak:
+        list(run_on_video(model, video[:warmup], warmup))
+        totals.clear()
+        synchronize(device)
+        start = time.perf_counter()
+        outputs = list(run_on_video(model, video, len(video)))
+        synchronize(device)
+        seconds = time.perf_counter() - start
+    assert len(outputs) == len(video)
+    return {
+        "config": path,
+        "s_per_frame": seconds / len(video),
+        "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+        "peak_MiB": peak.peak_bytes / 2**20,
+        "parts_s_per_frame": {k: v / len(video) for k, v in totals.items()},
+        "key_frame_interval": cfg.MODEL.VIDEO.KEY_FRAME_INTERVAL,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("--baseline", default=BASELINE)
+    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=int, nargs=2, default=(320, 544), help="frame H W")
+    parser.add_argument("--frames", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--json", help="also write the numbers to this file")
+    args = parser.parse_args()
+    runs = []
+    for path in [args.baseline, *args.methods]:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            job = (path, args.frames, args.size, args.warmup, args.device, args.threads)
+            runs.append(pool.apply(_measure, job))
+    base, runs = runs[0], runs[1:]
+    threads = args.threads or torch.get_num_threads()
+    print(
+        f"{device_name(args.device)}, {threads} threads, "
+        f"{args.frames} frames of {args.size[0]}x{args.size[1]}"
+    )
+    print(f"{'model':<42}{'s/frame':>9}{'speed-up':>10}{'params M':>10}{'peak MiB':>10}")
+    for run in [base, *runs]:
+        speed_up = base["s_per_frame"] / run["s_per_frame"]
+        print(
+            f"{run['config']:<42}{run['s_per_frame']:>9.3f}{speed_up:>9.2f}x"
+            f"{run['params_M']:>10.1f}{run['peak_MiB']:>10.0f}"
+        )
+        for part, seconds in sorted(run["parts_s_per_frame"].items()):
+            print(f"    {part:<38}{seconds:>9.3f}")
+        flow = run["parts_s_per_frame"].get("flow net")
+        heavy = run["parts_s_per_frame"].get("heavy path (N_feat)")
+        if flow and heavy:
+            interval = run["key_frame_interval"]
+            # Per-frame costs: N_feat runs on 1 frame in l, the flow net on every frame (and
+            # once more per key frame with the impression), so per call they are:
+            n_feat_call = heavy * interval
+            flow_call = flow * args.frames / max(1, _flow_calls(args.frames, interval, run))
+            estimate = flow_call / n_feat_call + 1 / interval
+            measured = run["s_per_frame"] / base["s_per_frame"]
+            print(
+                f"    r measured {measured:.3f} (1/r = {1 / measured:.2f}x); estimate "
+                f"O(F)/O(N_feat) + 1/l = {flow_call:.3f}/{n_feat_call:.3f} + 1/{interval} "
+                f"= {estimate:.3f}"
+            )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"baseline": base, "methods": runs, "size": args.size}, f, indent=2)
+
+
+def _flow_calls(num_frames, interval, run):
+    """Flow-net calls over the video: every non-key frame, plus each key frame after the first
+    when the impression memory is on (its config says)."""
+    num_keys = -(-num_frames // interval)
+    cfg = get_cfg()
+    add_vod_config(cfg)
+    cfg.merge_from_file(run["config"])
+    return num_frames - num_keys + (num_keys - 1 if cfg.MODEL.IMPRESSION.MEMORY else 0)
+
+
+if __name__ == "__main__":
+    main()
