@@ -83,7 +83,9 @@ def measure(root: str, cache_dir: str, workers: int, trace: bool) -> dict:
     if trace:
         tracemalloc.start()
     start = time.perf_counter()
-    records = load_imagenet_vid(root, IMAGE_SET, cache_dir=cache_dir, num_workers=workers)
+    records = load_imagenet_vid(  # the generated tree has annotations only, no frames
+        root, IMAGE_SET, cache_dir=cache_dir, num_workers=workers, check_frames=False
+    )
     result = {"seconds": time.perf_counter() - start, "frames": len(records)}
     if trace:
         current, peak = tracemalloc.get_traced_memory()

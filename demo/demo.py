@@ -14,7 +14,13 @@ results of the whole video come at its end: the frames are then decoded a second
 drawn, rather than kept.
 
 Every output (video, frame folder, JSON) is written under a temporary name in its target folder
-and moved into place only when the whole video is done, so a failed run leaves nothing behind.
+and moved into place only when the whole video is done, so a failed or interrupted run (Ctrl-C,
+SIGTERM) leaves nothing behind. Output folders that do not exist yet are created.
+
+Class names and ``--json`` category ids are those of the config's first test dataset
+(``DATASETS.TEST``; a dataset of your own is declared in the ``DATASETS.FILE`` datasets file),
+the same as the evaluator's detections dump; without its metadata the demo warns and uses the
+model's class indices.
 """
 
 import argparse
@@ -24,8 +30,10 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -34,8 +42,7 @@ import cv2
 import numpy as np
 import tqdm
 from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog
-from detectron2.data.detection_utils import read_image
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode, Instances
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
@@ -43,6 +50,8 @@ from detectron2.utils.visualizer import ColorMode
 
 import vod_d2  # noqa: F401  (registers the meta-architectures, modules and datasets)
 from vod_d2 import add_vod_config
+from vod_d2.data import dataset_classes, register_datasets_from_config
+from vod_d2.data.mapper import read_frame
 from vod_d2.engine import VideoPredictor, VideoReader
 
 logger = logging.getLogger("vod_d2.demo")
@@ -71,8 +80,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output",
         metavar="PATH",
-        help="annotated video file (or, for --video-input, a folder to put it in); for --input "
-        f"frames, a video file ({', '.join(VIDEO_EXTENSIONS)}) or a folder of annotated images",
+        help=f"annotated video file ({', '.join(VIDEO_EXTENSIONS)}), or a folder (a path without "
+        "extension, created if needed) to put it in (for --video-input) or to write annotated "
+        "images to (for --input frames)",
     )
     parser.add_argument(
         "--json",
@@ -102,17 +112,36 @@ def get_parser() -> argparse.ArgumentParser:
         "--opts",
         default=[],
         nargs=argparse.REMAINDER,
-        help="modify config options with 'KEY VALUE' pairs, e.g. MODEL.WEIGHTS model.pth",
+        help="modify config options with 'KEY VALUE' pairs, e.g. MODEL.WEIGHTS model.pth; it "
+        "takes everything after it, so it comes last",
     )
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None):
+    """The arguments, with the mistakes argparse cannot see reported as usage errors."""
+    args = parser.parse_args(argv)
+    flags = [o for o in args.opts if o.startswith("--")]
+    if flags:
+        parser.error(
+            f"--opts must come last: it takes everything after it as config KEY VALUE pairs, "
+            f"so {', '.join(flags)} became config options; move --opts and its pairs to the end"
+        )
+    if not args.output and not args.json:
+        parser.error("nothing to write: give --output and/or --json")
+    return args
+
+
 def setup_cfg(args):
-    """Config from the defaults, the vod_d2 keys, the file, ``--opts`` and the demo's flags."""
+    """
+    Config from the defaults, the vod_d2 keys, the file, ``--opts`` and the demo's flags; the
+    datasets of ``DATASETS.FILE`` are registered.
+    """
     cfg = get_cfg()
     add_vod_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    register_datasets_from_config(cfg)
     if args.seq_nms:
         cfg.TEST.SEQ_NMS.ENABLED = True
     if cfg.TEST.SEQ_NMS.ENABLED:
@@ -159,7 +188,7 @@ class ImageFrames:
     def __iter__(self) -> Iterator[np.ndarray]:
         for path in self.paths:
             # PIL, as in training and evaluation (detectron2's demo does the same).
-            yield read_image(path, format="BGR")
+            yield read_frame(path, "BGR")
 
 
 def _natural_key(path: str) -> List:
@@ -418,16 +447,57 @@ def _open_source(args) -> Tuple[Iterable[np.ndarray], Optional[int], float, str]
 
 
 def _make_sink(args, frames, fps: float):
-    """Where the annotated frames go: a video file, or a folder for --input frames."""
+    """
+    Where the annotated frames go: a video file, or a folder (an existing one, a path ending
+    with a separator or without extension): for --video-input the video goes in it, for
+    --input frames the annotated images.
+    """
     output = args.output
-    if args.video_input:
-        if os.path.isdir(output):
-            stem = os.path.splitext(os.path.basename(args.video_input))[0]
-            output = os.path.join(output, stem + ".mp4")
-        return VideoSink(output, fps)
-    if output.lower().endswith(VIDEO_EXTENSIONS):
-        return VideoSink(output, fps)
-    return FolderSink(output, [os.path.basename(p) for p in frames.paths])
+    extension = os.path.splitext(output.rstrip(os.sep))[1].lower()
+    is_folder = os.path.isdir(output) or output.endswith(os.sep) or not extension
+    if not is_folder and extension not in VIDEO_EXTENSIONS:
+        raise ValueError(
+            f"--output {output!r}: {extension} is not a video extension "
+            f"({', '.join(VIDEO_EXTENSIONS)}); give a video file or a folder"
+        )
+    if args.video_input and is_folder:
+        stem = os.path.splitext(os.path.basename(args.video_input))[0]
+        return VideoSink(os.path.join(output, stem + ".mp4"), fps)
+    if is_folder:
+        return FolderSink(output, [os.path.basename(p) for p in frames.paths])
+    return VideoSink(output, fps)
+
+
+def test_metadata(cfg):
+    """
+    Metadata of the config's first test dataset (class names, the dataset's category ids),
+    with a warning when there is none to use.
+    """
+    name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None
+    if name is None or name not in DatasetCatalog.list():
+        problem = "is empty" if name is None else f"names {name!r}, which is not registered"
+        logger.warning(
+            f"DATASETS.TEST {problem}: labels are drawn as class indices and --json category_id "
+            "are the model's class indices; name the training data's test set (declared in "
+            "DATASETS.FILE) to use its class names and category ids"
+        )
+        return MetadataCatalog.get("__unused")
+    if dataset_classes(name) is None:
+        logger.warning(f"Dataset {name!r} has no thing_classes: labels are drawn as class indices")
+    return MetadataCatalog.get(name)
+
+
+def _check_weights(cfg) -> None:
+    weights = cfg.MODEL.WEIGHTS
+    if not weights:
+        logger.warning("MODEL.WEIGHTS is empty: the demo runs a randomly initialised model")
+    elif "://" not in weights and not os.path.isfile(weights):
+        raise FileNotFoundError(f"MODEL.WEIGHTS {weights} does not exist")
+
+
+def _raise_system_exit(signum, frame):
+    """SIGTERM handler: unwind as for Ctrl-C, so that the outputs' temporary files go."""
+    raise SystemExit(128 + signum)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -441,10 +511,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         FileNotFoundError / OSError: a missing or unreadable input, an output that cannot be
             written. ValueError: a video without frames. RuntimeError: no working codec.
     """
-    parser = get_parser()
-    args = parser.parse_args(argv)
-    if not args.output and not args.json:
-        parser.error("nothing to write: give --output and/or --json")
+    args = parse_args(get_parser(), argv)
     setup_logger(name="fvcore")
     setup_logger(name="vod_d2")
     logger.info(f"Arguments: {args}")
@@ -452,8 +519,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Inputs and outputs are checked before the model is built, to fail fast.
     frames, num_frames, fps, video_id = _open_source(args)
     cfg = setup_cfg(args)
-    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused")
+    _check_weights(cfg)
+    metadata = test_metadata(cfg)
     sinks = []
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, _raise_system_exit) if in_main_thread else None
     try:
         sink = _make_sink(args, frames, fps) if args.output else None
         sinks.append(sink)
@@ -474,6 +544,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if s is not None:
                 s.abort()
         raise
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
     logger.info(f"Processed {count} frames in {elapsed:.1f} s ({count / elapsed:.2f} frames/s)")
     if sink is not None:
         logger.info(f"Annotated frames written to {getattr(sink, 'path', None) or sink.folder}")

@@ -1,18 +1,25 @@
 import importlib.util
 import json
+import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from _testing import read_video
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+import vod_d2.data.datasets.datasets_file as datasets_file
 
 cv2 = pytest.importorskip("cv2")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SYNTHETIC_CONFIG = "configs/synthetic/single_frame.yaml"
 SIZE = (72, 96)  # (H, W) of the test videos
 # The smallest synthetic model, random weights, a 3-frame offline window.
 TINY_OPTS = [
@@ -185,3 +192,104 @@ def test_command_line_reports_a_missing_input_without_a_traceback(tmp_path):
     assert f"demo.py: error: video file '{missing}' does not exist" in run.stderr
     with pytest.raises(SystemExit):
         demo.main(["--config-file", "x.yaml", "--video-input", str(missing)])  # no output
+
+
+def _demo_command(*args):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "demo/demo.py",
+        "--config-file",
+        "configs/synthetic/single_frame.yaml",
+    ]
+    return command + list(args), env
+
+
+def test_output_folders_that_do_not_exist_yet_are_created(tmp_path):
+    video = _write_video(tmp_path / "in.mp4", _frames(2))
+    _run_demo("--video-input", video, "--output", str(tmp_path / "new" / "deeper") + os.sep)
+    assert os.listdir(tmp_path / "new" / "deeper") == ["in.mp4"]
+    _run_demo("--video-input", video, "--output", str(tmp_path / "plain"))  # no extension
+    assert os.listdir(tmp_path / "plain") == ["in.mp4"]
+    with pytest.raises(ValueError, match=r"'.*out.webp': .webp is not a video extension"):
+        _run_demo("--video-input", video, "--output", str(tmp_path / "out.webp"))
+
+
+def test_opts_before_other_flags_is_explained(tmp_path, capsys):
+    video = _write_video(tmp_path / "in.mp4", _frames(2))
+    argv = ["--config-file", "configs/synthetic/single_frame.yaml", "--video-input", video]
+    with pytest.raises(SystemExit):
+        demo.main([*argv, "--opts", "MODEL.DEVICE", "cpu", "--output", str(tmp_path / "a.mp4")])
+    assert (
+        "--opts must come last: it takes everything after it as config KEY VALUE pairs, so "
+        "--output became config options" in capsys.readouterr().err
+    )
+
+
+def test_a_missing_weights_file_is_one_line(tmp_path):
+    video = _write_video(tmp_path / "in.mp4", _frames(2))
+    with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS nowhere.pth does not exist"):
+        _run_demo("--video-input", video, "--json", str(tmp_path / "a.json"),
+                  opts=["MODEL.WEIGHTS", "nowhere.pth"])  # fmt: skip
+    assert not (tmp_path / "a.json").exists()
+
+
+def test_json_and_labels_use_the_test_datasets_ids_and_names(tmp_path, caplog):
+    # A 2-class CocoVID test set (dog id 3, car id 7) declared in a datasets file.
+    datasets = tmp_path / "datasets.yaml"
+    json_file = REPO_ROOT / "tests" / "data" / "fixtures" / "cocovid" / "videos.json"
+    datasets.write_text(f"_demo_val:\n  kind: cocovid\n  json_file: {json_file}\n  image_root: i\n")
+    video = _write_video(tmp_path / "in.mp4", _frames(4))
+    opts = ["DATASETS.FILE", str(datasets), "DATASETS.TEST", '("_demo_val",)']
+    opts += ["MODEL.ROI_HEADS.NUM_CLASSES", "2"]
+    try:
+        _run_demo("--video-input", video, "--json", str(tmp_path / "a.json"),
+                  "--confidence-threshold", "0", opts=opts)  # fmt: skip
+        with open(tmp_path / "a.json") as f:
+            results = json.load(f)
+        assert results and {r["category_id"] for r in results} == {3, 7}
+        args = demo.get_parser().parse_args(
+            ["--config-file", SYNTHETIC_CONFIG, "--video-input", video, "--opts", *opts]
+        )
+        assert demo.test_metadata(demo.setup_cfg(args)).thing_classes == ["dog", "car"]
+    finally:
+        DatasetCatalog.remove("_demo_val")
+        MetadataCatalog.remove("_demo_val")
+        datasets_file._REGISTERED.pop("_demo_val", None)
+    with caplog.at_level(logging.WARNING, logger="vod_d2"):
+        _run_demo("--video-input", video, "--json", str(tmp_path / "b.json"),
+                  opts=["DATASETS.TEST", '("nope",)'])  # fmt: skip
+    assert (
+        "DATASETS.TEST names 'nope', which is not registered: labels are drawn as class "
+        "indices" in caplog.text
+    )
+
+
+def test_sigterm_leaves_no_temporary_file(tmp_path):
+    video = _write_video(tmp_path / "in.mp4", _frames(30))
+    out = tmp_path / "out"
+    command, env = _demo_command(
+        "--video-input", video, "--output", str(out / "a.mp4"), "--json", str(out / "a.json"),
+        "--opts", *TINY_OPTS,
+    )  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and len(os.listdir(out)) == 2) and time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    hidden = sorted(os.listdir(out))
+    assert all(name.startswith(".") for name in hidden) and len(hidden) == 2, hidden
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 128 + signal.SIGTERM
+    assert os.listdir(out) == []
+
+
+def test_a_corrupt_input_frame_names_its_file(tmp_path):
+    frames_dir = tmp_path / "frames"
+    frames_dir.mkdir()
+    for t, frame in enumerate(_frames(3, seed=4)):
+        cv2.imwrite(str(frames_dir / f"{t}.png"), frame)
+    broken = frames_dir / "1.png"
+    broken.write_bytes(broken.read_bytes()[:100])  # truncated
+    with pytest.raises(OSError, match=f"Cannot read the frame {broken}"):
+        _run_demo("--input", str(frames_dir), "--json", str(tmp_path / "a.json"))

@@ -19,6 +19,7 @@ def add_vod_config(cfg):
     _add_flow_config(cfg)
     _add_impression_config(cfg)
     _add_sparse_rcnn_config(cfg)
+    _add_datasets_config(cfg)
 
 
 def _add_video_config(cfg):
@@ -315,3 +316,10 @@ def _add_sparse_rcnn_config(cfg):
     # Read a uniform sample of past frames only, even when the video's length is known (the
     # streaming variant, used anyway when the length is unknown).
     cfg.MODEL.SPARSEVOD.ONLINE = False
+
+
+def _add_datasets_config(cfg):
+    """Datasets declared on the command line (vod_d2.data.datasets.datasets_file)."""
+    # A YAML/JSON file mapping dataset names to register_video_dataset arguments; train_net.py
+    # and the demo register them in every process before DATASETS.TRAIN/TEST are read.
+    cfg.DATASETS.FILE = ""

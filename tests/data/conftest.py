@@ -1,10 +1,16 @@
+import os
+import shutil
+
 import numpy as np
 import pytest
+from _frames import write_frames
 from detectron2.config import get_cfg
 from detectron2.structures import BoxMode
 from PIL import Image
 
 from vod_d2 import add_vod_config
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
 @pytest.fixture
@@ -61,3 +67,17 @@ def records(frame_files):
                 }
             )
     return records
+
+
+@pytest.fixture
+def root(tmp_path):
+    """A writable copy of the ILSVRC2015 fixture tree, with its frames."""
+    path = tmp_path / "ILSVRC2015"
+    shutil.copytree(os.path.join(FIXTURES, "ilsvrc"), path)
+    write_frames(str(path))
+    return str(path)
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    return str(tmp_path / "cache")

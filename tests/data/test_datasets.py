@@ -1,18 +1,25 @@
+import json
 import os
 import pickle
 import shutil
 
 import pytest
+from _frames import write_frames
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
+from PIL import Image
 
+import vod_d2.data.datasets.frame_files as frame_files
 import vod_d2.data.datasets.imagenet_vid as imagenet_vid
+import vod_d2.data.datasets.register as register
 import vod_d2.data.datasets.vid_xml as vid_xml
 from vod_d2.data.datasets import (
     BUILTIN_DATASETS,
+    SYNTHETIC_CLASSES,
     VID_CLASSES,
     NumberedFrames,
     build_frame_table,
+    dataset_classes,
     load_cocovid_json,
     load_imagenet_det,
     load_imagenet_vid,
@@ -25,19 +32,6 @@ TRAIN = "train/ILSVRC2015_VID_train_0000/ILSVRC2015_train_00000000"
 VAL = "val/ILSVRC2015_val_00000000"
 DET1 = "train/ILSVRC2014_train_0000/ILSVRC2014_train_00000001"
 DET2 = "train/ILSVRC2014_train_0000/ILSVRC2014_train_00000002"
-
-
-@pytest.fixture
-def root(tmp_path):
-    """A writable copy of the ILSVRC2015 fixture tree."""
-    path = tmp_path / "ILSVRC2015"
-    shutil.copytree(os.path.join(FIXTURES, "ilsvrc"), path)
-    return str(path)
-
-
-@pytest.fixture
-def cache_dir(tmp_path):
-    return str(tmp_path / "cache")
 
 
 def _annotation(root, kind, stem):
@@ -209,7 +203,7 @@ def test_cache_hit_and_invalidation(root, cache_dir, monkeypatch):
         return load_imagenet_vid(root, "ImageSets/VID_train_15frames.txt", cache_dir=cache_dir)
 
     first = load()
-    (entry,) = os.listdir(cache_dir)
+    (entry,) = [name for name in os.listdir(cache_dir) if name.startswith("annotations-")]
     calls = []
     real_parse = imagenet_vid.parse_annotation_files
     monkeypatch.setattr(
@@ -228,7 +222,7 @@ def test_cache_hit_and_invalidation(root, cache_dir, monkeypatch):
     changed = load()
     assert calls == [1] and changed[0]["annotations"][0]["bbox"] == [21.0, 20.0, 70.0, 50.0]
     assert load() == changed and calls == [1]  # the new entry replaced the old one
-    assert os.listdir(cache_dir) == [entry]
+    assert [name for name in os.listdir(cache_dir) if name.startswith("annotations-")] == [entry]
 
     with open(os.path.join(cache_dir, entry), "wb") as f:
         f.write(b"truncated")  # an unreadable entry is a miss, not an error
@@ -237,7 +231,7 @@ def test_cache_hit_and_invalidation(root, cache_dir, monkeypatch):
 
 def test_cocovid_json(tmp_path):
     json_file = os.path.join(FIXTURES, "cocovid", "videos.json")
-    records = load_cocovid_json(json_file, "/images")
+    records = load_cocovid_json(json_file, "/images", check_frames=False)
     _check_record_contract(records)
     assert [(r["video_id"], r["frame_idx"], r["image_id"]) for r in records] == [
         ("clip_a", 0, 12), ("clip_a", 1, 13), ("clip_a", 2, 14),
@@ -254,14 +248,14 @@ def test_cocovid_json(tmp_path):
     assert records[1]["annotations"][0]["iscrowd"] == 1
     assert build_frame_table(records)["clip_a"] == tuple(r["file_name"] for r in records[:3])
 
-    subset = load_cocovid_json(json_file, "/images", vid_train_frames_only=True)
+    subset = load_cocovid_json(json_file, "/images", vid_train_frames_only=True, check_frames=False)
     assert [(r["video_id"], r["frame_idx"]) for r in subset] == [("clip_a", 0), ("clip_a", 2)]
     assert build_frame_table(subset)["clip_a"][1] == "/images/clip_a/000001.jpg"
 
-    named = load_cocovid_json(json_file, "/images", class_names=["car", "dog"])
+    named = load_cocovid_json(json_file, "/images", class_names=["car", "dog"], check_frames=False)
     assert named[4]["annotations"][0]["category_id"] == 0
     with pytest.raises(ValueError, match=f"{json_file}: category 'dog' .* not one of"):
-        load_cocovid_json(json_file, "/images", class_names=["car"])
+        load_cocovid_json(json_file, "/images", class_names=["car"], check_frames=False)
 
 
 def test_cocovid_errors_name_the_file(tmp_path):
@@ -282,7 +276,7 @@ def test_cocovid_errors_name_the_file(tmp_path):
         with open(path, "w") as f:
             f.write(good.replace(old, new, 1))
         with pytest.raises(ValueError, match=f"{path}.*{message}"):
-            load_cocovid_json(path, "/images")
+            load_cocovid_json(path, "/images", check_frames=False)
 
 
 def test_frame_table_errors_name_the_video():
@@ -314,6 +308,7 @@ def test_registration_is_lazy_and_sets_metadata(root, cache_dir, tmp_path):
             kind="cocovid",
             json_file=os.path.join(FIXTURES, "cocovid", "videos.json"),
             image_root="/i",
+            check_frames=False,
         ),
     }
     try:
@@ -363,5 +358,150 @@ def test_builtin_names_are_registered_without_reading(tmp_path, monkeypatch):
     assert len(MetadataCatalog.get("synthetic_vid_val").thing_classes) == 5
     # The root is read when a dataset is loaded, from the environment at that time.
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=f"{tmp_path}/ILSVRC2015/ImageSets/VID_val_videos"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=f"{tmp_path}/ILSVRC2015/ImageSets/VID_val_frames.txt does not exist, and neither do"
+        f" the official lists \\({tmp_path}/ILSVRC2015/ImageSets/VID/val.txt\\)",
+    ):
         DatasetCatalog.get("imagenet_vid_val")
+
+
+def _cocovid(tmp_path, edit=None):
+    """The CocoVID fixture with images under tmp_path/images; ``edit(data)`` changes it first."""
+    with open(os.path.join(FIXTURES, "cocovid", "videos.json")) as f:
+        data = json.load(f)
+    if edit is not None:
+        edit(data)
+    for image in data["images"]:
+        path = tmp_path / "images" / image["file_name"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (image["width"], image["height"])).save(path)
+    json_file = str(tmp_path / "videos.json")
+    with open(json_file, "w") as f:
+        json.dump(data, f)
+    return json_file, str(tmp_path / "images")
+
+
+def test_cocovid_boxes_outside_the_image_or_of_negative_size(tmp_path):
+    def box(bbox):
+        return lambda data: data["annotations"][0].update(bbox=bbox)  # image 10: 64x48
+
+    # Partly outside: clipped to the image (x1 = 60 + 10 > 64, y0 = -5 < 0).
+    records = load_cocovid_json(*_cocovid(tmp_path, box([60, -5, 10, 20])))
+    assert records[4]["annotations"][0]["bbox"] == [60, 0, 64, 15]
+    for bbox, message in [
+        ([10, 10, -4, 5], "negative width or height"),
+        ([10, 10, 4, -5], "negative width or height"),
+        ([64, 10, 4, 5], "wholly outside its 64x48 image 10"),
+        ([-9, 10, 4, 5], "wholly outside"),
+        ([10, 48, 4, 5], "wholly outside"),
+    ]:
+        json_file, images = _cocovid(tmp_path, box(bbox))
+        with pytest.raises(ValueError, match=f"{json_file}: annotation 1 .*{message}"):
+            load_cocovid_json(json_file, images)
+
+
+def test_missing_frames_are_found_at_load_and_named(root, cache_dir, tmp_path, monkeypatch):
+    # Frame 2 of the training snippet is not listed, but may be a support frame.
+    support = os.path.join(root, "Data", "VID", TRAIN, "000002.JPEG")
+    os.remove(support)
+    for use_cache in (True, False):
+        with pytest.raises(FileNotFoundError, match=f"1 frame file of .* is missing: {support}$"):
+            load_imagenet_vid(
+                root, "ImageSets/VID_train_15frames.txt", cache_dir=cache_dir, use_cache=use_cache
+            )
+    os.remove(os.path.join(root, "Data", "DET", DET2 + ".JPEG"))
+    with pytest.raises(FileNotFoundError, match="1 frame file of .*DET_train_30classes.txt"):
+        load_imagenet_det(root, "ImageSets/DET_train_30classes.txt", cache_dir=cache_dir)
+    assert load_imagenet_det(
+        root, "ImageSets/DET_train_30classes.txt", cache_dir=cache_dir, check_frames=False
+    )
+    json_file, images = _cocovid(tmp_path)
+    os.remove(os.path.join(images, "clip_a", "000001.jpg"))
+    with pytest.raises(FileNotFoundError, match=f"{json_file} is missing: .*clip_a/000001.jpg"):
+        load_cocovid_json(json_file, images)
+
+
+def test_the_frame_check_is_cached_until_a_frame_folder_changes(root, cache_dir, monkeypatch):
+    def load():
+        return load_imagenet_vid(root, "ImageSets/VID_train_15frames.txt", cache_dir=cache_dir)
+
+    load()
+    listed = []
+    real_listdir = os.listdir
+    monkeypatch.setattr(frame_files.os, "listdir", lambda p: listed.append(p) or real_listdir(p))
+    load()
+    assert listed == []  # cached: no folder listed again
+    os.remove(os.path.join(root, "Data", "VID", TRAIN, "000000.JPEG"))
+    with pytest.raises(FileNotFoundError, match="000000.JPEG"):
+        load()
+    assert listed == [os.path.join(root, "Data", "VID", TRAIN)]
+
+
+def test_other_frame_extensions(root, cache_dir):
+    write_frames(root, ext=".jpg")
+    val = os.path.join(root, "Data", "VID", VAL)
+    for t in range(3):
+        os.remove(os.path.join(val, f"{t:06d}.JPEG"))
+    with pytest.raises(FileNotFoundError, match="000000.JPEG"):
+        load_imagenet_vid(root, "ImageSets/VID_val_frames.txt", cache_dir=cache_dir)
+    records = load_imagenet_vid(
+        root, "ImageSets/VID_val_frames.txt", image_ext=".jpg", cache_dir=cache_dir
+    )
+    assert [os.path.basename(r["file_name"]) for r in records] == [f"{t:06d}.jpg" for t in range(3)]
+    try:
+        register_video_dataset(
+            "_test_jpg", root=root, split="val", image_ext=".jpg", cache_dir=cache_dir
+        )
+        assert DatasetCatalog.get("_test_jpg") == records
+    finally:
+        DatasetCatalog.remove("_test_jpg")
+        MetadataCatalog.remove("_test_jpg")
+
+
+def test_registration_rejects_unknown_and_misplaced_arguments(root):
+    with pytest.raises(TypeError, match="clas_names"):
+        register_video_dataset("x", root=root, split="val", clas_names=["cat"])
+    with pytest.raises(ValueError, match="'x' of kind 'cocovid' takes no root="):
+        register_video_dataset("x", kind="cocovid", json_file="a.json", image_root="i", root=root)
+    with pytest.raises(ValueError, match="'x' of kind 'imagenet_vid' takes no json_file="):
+        register_video_dataset("x", root=root, split="val", json_file="a.json")
+    with pytest.raises(ValueError, match="image_ext is for the ImageNet kinds"):
+        register_video_dataset("x", kind="cocovid", json_file="a", image_root="i", image_ext=".jpg")
+    assert "x" not in DatasetCatalog.list()
+    try:
+        register_video_dataset("_test_meta", root=root, split="val", metadata={"note": "mine"})
+        assert MetadataCatalog.get("_test_meta").note == "mine"
+    finally:
+        DatasetCatalog.remove("_test_meta")
+        MetadataCatalog.remove("_test_meta")
+
+
+def test_dataset_classes_reads_cocovid_categories_without_loading(tmp_path, monkeypatch):
+    json_file, images = _cocovid(tmp_path)
+    names = {"_test_coco_all": None, "_test_coco_named": ["car", "dog"]}
+    try:
+        for name, class_names in names.items():
+            register_video_dataset(
+                name,
+                kind="cocovid",
+                json_file=json_file,
+                image_root=images,
+                class_names=class_names,
+            )
+        monkeypatch.setattr(register, "load_cocovid_json", None)  # not called
+        assert dataset_classes("_test_coco_all") == ["dog", "car"]
+        assert MetadataCatalog.get("_test_coco_all").thing_dataset_id_to_contiguous_id == {
+            3: 0,
+            7: 1,
+        }
+        assert dataset_classes("_test_coco_named") == ["car", "dog"]
+        assert MetadataCatalog.get("_test_coco_named").thing_dataset_id_to_contiguous_id == {
+            3: 1,
+            7: 0,
+        }
+        assert dataset_classes("synthetic_vid_val") == list(SYNTHETIC_CLASSES)
+    finally:
+        for name in names:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)

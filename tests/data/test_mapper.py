@@ -75,3 +75,18 @@ def test_same_numpy_seed_gives_the_same_sample(cfg, frame_files, records):
 
     assert draw(0) == draw(0)
     assert draw(0) != draw(1)
+
+
+def test_a_corrupt_frame_names_its_file(cfg, frame_files, records):
+    mapper = _mapper(cfg, frame_files, 0.5)
+    support = frame_files["a"][2]
+    with open(support, "rb") as f:
+        data = f.read()
+    with open(support, "wb") as f:
+        f.write(data[: len(data) // 2])  # truncated
+    with pytest.raises(OSError, match=f"Cannot read the frame {support}"):
+        mapper(records[3])  # a support frame of frame 3
+    with open(records[3]["file_name"], "wb") as f:
+        f.write(b"not an image")
+    with pytest.raises(OSError, match=f"Cannot read the frame {records[3]['file_name']}"):
+        mapper(records[3])

@@ -1,5 +1,9 @@
+import itertools
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +22,11 @@ from vod_d2.data.synthetic import (
     write_synthetic_video,
 )
 
-# A tree small enough to generate in well under a second.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# A tree small enough to generate in about a second, with videos as long as the shortest of
+# the default dataset.
 SMALL = dict(
-    num_train_videos=2, num_val_videos=2, num_det_images=3, num_frames=(16, 18), size=(64, 80)
+    num_train_videos=2, num_val_videos=2, num_det_images=3, num_frames=(40, 44), size=(64, 80)
 )
 
 
@@ -79,7 +85,7 @@ def test_the_imagenet_loader_reads_the_tree(tree):
     for video in {r["video_id"] for r in train}:
         listed = [r["frame_idx"] for r in train if r["video_id"] == video]
         length = next(r["video_length"] for r in train if r["video_id"] == video)
-        assert 16 <= length <= 18
+        assert 40 <= length <= 44
         assert listed == sorted({length * (2 * k + 1) // 30 for k in range(15)})
     table = build_frame_table(val + train + det)
     for video, files in table.items():
@@ -107,18 +113,62 @@ def test_objects_move_and_change_scale(tree):
             assert np.ptp(centers, axis=0).max() > 1 or np.ptp(areas) > 0, (video, track)
 
 
-def test_every_degradation_is_in_the_data(tree):
+def _runs(frames, kind):
+    """Lengths of the runs of consecutive frames labelled ``kind``."""
+    return [
+        len(list(g)) for labelled, g in itertools.groupby(kind in f for f in frames) if labelled
+    ]
+
+
+def test_every_degradation_is_in_the_data_as_stretches_of_frames(tree):
     with open(os.path.join(tree, "synthetic.json")) as f:
         manifest = json.load(f)
     assert manifest["seed"] == 0 and manifest["classes"] == list(SYNTHETIC_CLASSES)
+    assert manifest["generator_version"] == synthetic.GENERATOR_VERSION
     labels = manifest["degradations"]
     assert set(labels) == {r["video_id"] for r in _load(tree) + _load(tree, "train")}
     for video, frames in labels.items():
-        kinds = {k for frame in frames for k in frame}
-        assert {"motion_blur", "defocus"} <= kinds, video  # in every video, a few frames each
+        # Blur and defocus in every video, as runs of 4-12 consecutive frames, not lone frames.
+        for kind in ("motion_blur", "defocus"):
+            runs = _runs(frames, kind)
+            assert runs and all(4 <= n <= 12 for n in runs), (video, kind, runs)
         assert sum(map(bool, frames)) < len(frames)
-    assert any("occlusion" in frame for frames in labels.values() for frame in frames)
+        # The pole hides objects for several consecutive frames in every video.
+        assert max(_runs(frames, "occlusion"), default=0) >= 3, video
+    assert max(max(_runs(f, "occlusion"), default=0) for f in labels.values()) >= 8
     assert any(a["occluded"] for r in _load(tree) for a in r["annotations"])
+
+
+def test_default_videos_fit_long_windows_and_key_frame_intervals(tmp_path):
+    # The default dataset's videos, rendered at 32x40 px to be fast; lengths do not depend on size.
+    options = {**synthetic._DEFAULT_OPTIONS, "num_det_images": 0, "size": (32, 40)}
+    root = generate_synthetic_dataset(str(tmp_path / "default"), **options)
+    with open(os.path.join(root, "synthetic.json")) as f:
+        lengths = {v: len(frames) for v, frames in json.load(f)["degradations"].items()}
+    val = [n for v, n in lengths.items() if "/val/" in v]
+    for video, n in lengths.items():
+        # A 27-frame window (K = 13) and at least 4 key frames at interval 10 in every video.
+        assert 40 <= n <= 120, (video, n)
+    assert min(lengths.values()) < 60 and max(lengths.values()) > 100  # short and long ones
+    # Evaluation at ~0.02 s/frame stays under 30 s.
+    assert len(val) == 8 and sum(val) * 0.02 < 30
+
+
+def test_ensure_replaces_a_tree_of_another_generator_version(tmp_path, caplog):
+    root = str(tmp_path / "root")
+    ensure_synthetic_dataset(root, **SMALL)
+    manifest_file = os.path.join(root, "synthetic.json")
+    with open(manifest_file) as f:
+        manifest = json.load(f)
+    manifest["generator_version"] = synthetic.GENERATOR_VERSION - 1
+    with open(manifest_file, "w") as f:
+        json.dump(manifest, f)
+    stale = os.path.join(root, "stale.txt")
+    open(stale, "w").close()
+    assert ensure_synthetic_dataset(root, **SMALL) == root
+    assert "generator version 1" in caplog.text
+    assert not os.path.exists(stale) and sorted(os.listdir(tmp_path)) == ["root"]
+    assert _files(root) == _files(generate_synthetic_dataset(str(tmp_path / "fresh"), **SMALL))
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -190,6 +240,19 @@ def test_builtin_names_generate_on_first_use(tmp_path, monkeypatch):
     det = DatasetCatalog.get("synthetic_det_train")
     assert len(det) == 3 and all(r["video_length"] == 1 for r in det)
     assert os.listdir(os.path.join(root, ".cache"))  # the cache lives in the generated tree
+
+
+def test_command_line_runs_without_a_warning_and_documents_its_options():
+    run = subprocess.run(
+        [sys.executable, "-W", "default", "-m", "vod_d2.data.synthetic", "--help"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "RuntimeWarning" not in run.stderr  # runpy: the module was imported before running
+    assert "--num-train-videos" in run.stdout
+    assert all(action.help for action in synthetic.get_parser()._actions)
 
 
 def test_command_line(tmp_path):

@@ -289,3 +289,20 @@ def test_distributed_evaluation_gathers_all_ranks(dataset_name, tmp_path):
         (tmp_path / "out" / "vod_d2_test_vid_evaluator_distributed_detections.json").read_text()
     )
     assert sorted({row["image_id"] for row in rows}) == [10, 11, 12, 20, 21]
+
+
+def test_tables_show_an_ap_without_ground_truth_as_an_empty_cell(dataset_name, caplog):
+    with caplog.at_level(logging.INFO, logger="vod_d2"):
+        run(VIDEvaluator(dataset_name, distributed=False, coco_metrics=False), RECORDS)
+    per_class, summary = [r.getMessage() for r in caplog.records if "|" in r.getMessage()]
+    assert "nan" not in per_class.lower() and "nan" not in summary.lower()
+    lines = [line.split("|") for line in per_class.splitlines() if line.startswith("|")]
+    rows = {cells[1].strip(): cells[2:-1] for cells in lines}
+    # bird: no GT anywhere; nothing medium: its AP is empty in every class; cat has slow GT.
+    assert [cell.strip() for cell in rows["bird"]] == ["0", "", "", "", ""]
+    assert [cell.strip() for cell in rows["cat"]] == ["4", "100.0", "100.0", "", "100.0"]
+    for table in (per_class, summary):
+        assert "(empty: no ground truth in that class or motion bin" in table
+    header, _, values = summary.splitlines()[1:4]
+    cells = dict(zip(header.split("|")[1:-1], values.split("|")[1:-1]))
+    assert {k.strip(): v.strip() for k, v in cells.items()}["mAP_medium"] == ""

@@ -13,6 +13,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 from torch import nn
 
+from tools.weight_transfer import main as weight_transfer_main
 from vod_d2 import add_vod_config
 from vod_d2.engine import VideoTrainer, run_on_video
 from vod_d2.modeling.temporal.stmn import (
@@ -22,7 +23,6 @@ from vod_d2.modeling.temporal.stmn import (
     STMNSingleFrameAggregation,
     bn_star,
 )
-from vod_d2.modeling.temporal.weight_transfer import main as weight_transfer_main
 from vod_d2.modeling.temporal.weight_transfer import transfer_single_frame_weights
 
 STMN_CONFIGS = [

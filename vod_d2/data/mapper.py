@@ -13,7 +13,7 @@ from detectron2.data import transforms as T
 
 from .frame_sampling import FrameSampler
 
-__all__ = ["VideoDatasetMapper"]
+__all__ = ["VideoDatasetMapper", "read_frame"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class VideoDatasetMapper(DatasetMapper):
             dict: the model's input (see the class docstring).
         """
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_frame(dataset_dict["file_name"], self.image_format)
         utils.check_image_size(dataset_dict, image)
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
@@ -105,7 +105,7 @@ class VideoDatasetMapper(DatasetMapper):
         index = dataset_dict["frame_idx"] + offset
         if frames is None or not 0 <= index < len(frames):
             raise KeyError(f"frame {index} of video {video_id!r} is not in the frame table")
-        image = utils.read_image(frames[index], format=self.image_format)
+        image = read_frame(frames[index], self.image_format)
         image = transforms.apply_image(image)
         if image.shape[:2] != image_shape:
             raise ValueError(
@@ -113,6 +113,22 @@ class VideoDatasetMapper(DatasetMapper):
                 f"reference frame of video {video_id!r} has {image_shape}"
             )
         return _to_chw_tensor(image)
+
+
+def read_frame(path: str, image_format: str) -> np.ndarray:
+    """
+    detectron2's ``read_image``, with errors naming the file: PIL's ``OSError: cannot load
+    this image`` (or ``image file is truncated``) for a corrupt frame does not.
+
+    Returns:
+        ndarray: (H, W, C) image in ``image_format``.
+    """
+    try:
+        return utils.read_image(path, format=image_format)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise OSError(f"Cannot read the frame {path}: {e}") from e
 
 
 def _to_chw_tensor(image: np.ndarray) -> torch.Tensor:

@@ -1,18 +1,22 @@
 """
 Built-in synthetic video data: small, deterministic, and in the ILSVRC2015 layout.
 
-Each video shows 1-3 objects of 5 VID classes moving, bouncing and changing scale over a
+Each video (40-120 frames by default, long enough for a 27-frame window and a key-frame
+interval of 10) shows 1-3 objects of 5 VID classes moving, bouncing and changing scale over a
 textured, panning background. Every class has its own shape, colour and texture, so a tiny
 detector can learn them. Each video also contains the failure modes video detectors are
-built for, in a few of its frames: motion blur (camera shake along a random direction),
-defocus (disk blur) and partial occlusion (a pole sweeping across the frame).
+built for, as stretches of consecutive frames rather than isolated bad frames, which is where
+long windows and key-frame memories help: motion blur (camera shake along a random direction)
+and defocus (disk blur), each in one or two runs of 4-12 frames, and a long partial occlusion
+(a pole sweeping across the frame during 40-70% of the video, hiding each object it passes
+for several frames).
 
 :func:`generate_synthetic_dataset` writes JPEG frames, XML annotations and the
 ``ImageSets`` lists the real ImageNet VID loader reads, plus ``synthetic.json`` with the
 degradations of every frame; DET-style still images go to ``Data/DET``. Trees are written in
 a temporary folder renamed into place, so an interrupted run leaves nothing half-written.
 
-Command line::
+Command line (``--help`` lists the options)::
 
     python -m vod_d2.data.synthetic --output datasets/vod_d2_synthetic [--seed 0 ...]
     python -m vod_d2.data.synthetic --video demo.mp4 [--num-frames 60 --height 240 --width 320]
@@ -30,6 +34,8 @@ from typing import Dict, Iterable, List, NamedTuple, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from .datasets.builtin import SYNTHETIC_CLASSES
+from .datasets.image_sets import fgfa_train_frames
 from .datasets.imagenet_vid import VID_CLASSES, VID_WNIDS
 
 __all__ = [
@@ -44,16 +50,20 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SYNTHETIC_CLASSES = ("airplane", "bird", "car", "dog", "zebra")
 DEGRADATIONS = ("motion_blur", "defocus", "occlusion")
-# Part of synthetic.json: bump when the same seed would render different data.
-GENERATOR_VERSION = 1
+# Part of synthetic.json: bump when the same seed would render different data. A tree of
+# another version is generated again by ensure_synthetic_dataset.
+GENERATOR_VERSION = 2
 # Objects hidden beyond this fraction of their pixels are flagged occluded.
 _OCCLUDED_BELOW_VISIBLE = 0.75
 # Objects with fewer visible pixels than this are not annotated in the frame.
 _MIN_VISIBLE_PIXELS = 12
+# Blur and defocus runs: (shortest, longest) run in frames, and about one run of each per this
+# many frames of video (at least one).
+_RUN_LENGTH = (4, 12)
+_FRAMES_PER_RUN = 60
 _DEFAULT_OPTIONS = dict(
-    num_train_videos=30, num_val_videos=8, num_det_images=60, num_frames=(12, 24), size=(128, 160)
+    num_train_videos=30, num_val_videos=8, num_det_images=60, num_frames=(40, 120), size=(128, 160)
 )
 
 
@@ -119,10 +129,17 @@ def render_video(
     tracks = [
         _sample_track(rng, num_frames, height, width, unit) for _ in range(rng.integers(1, 4))
     ]
-    blur_frames = _event(rng, num_frames)
-    blur_offsets = _line_offsets(max(5, round(rng.uniform(7, 13) * unit)), rng.uniform(0, np.pi))
-    defocus_frames = _event(rng, num_frames)
-    defocus_offsets = _disk_offsets(max(1.5, rng.uniform(1.5, 3.0) * unit))
+    # frame -> blur taps; each run has its own direction and length (or radius).
+    blur = {
+        t: _line_offsets(max(5, round(rng.uniform(7, 13) * unit)), rng.uniform(0, np.pi))
+        for run in _runs(rng, num_frames)
+        for t in run
+    }
+    defocus = {
+        t: _disk_offsets(max(1.5, rng.uniform(1.5, 3.0) * unit))
+        for run in _runs(rng, num_frames)
+        for t in run
+    }
     pole = _sample_pole(rng, num_frames, height, width, unit)
 
     video = SyntheticVideo([], [], [])
@@ -134,11 +151,11 @@ def render_video(
         degradations = []
         if "occlusion" in degrade and any(_draw_pole(image, owner, pole, t, len(tracks))):
             degradations.append("occlusion")
-        if "motion_blur" in degrade and t in blur_frames:
-            image = _blur(image, blur_offsets)
+        if "motion_blur" in degrade and t in blur:
+            image = _blur(image, blur[t])
             degradations.append("motion_blur")
-        if "defocus" in degrade and t in defocus_frames:
-            image = _blur(image, defocus_offsets)
+        if "defocus" in degrade and t in defocus:
+            image = _blur(image, defocus[t])
             degradations.append("defocus")
         image += rng.normal(0.0, 3.0, image.shape).astype(np.float32)
         video.frames.append(np.clip(image + 0.5, 0, 255).astype(np.uint8))
@@ -154,7 +171,7 @@ def generate_synthetic_dataset(
     num_train_videos: int = 30,
     num_val_videos: int = 8,
     num_det_images: int = 60,
-    num_frames: Tuple[int, int] = (12, 24),
+    num_frames: Tuple[int, int] = (40, 120),
     size: Tuple[int, int] = (128, 160),
 ) -> str:
     """
@@ -201,7 +218,7 @@ def generate_synthetic_dataset(
                 manifest["degradations"][f"VID/{snippet}"] = video.degradations
                 length = len(video.frames)
                 if split == "train":
-                    for frame in sorted({length * (2 * k + 1) // 30 for k in range(15)}):
+                    for frame in fgfa_train_frames(length):
                         lists["VID_train_15frames"].append(f"{snippet} 1 {frame} {length}")
                 else:
                     for frame in range(length):
@@ -231,23 +248,54 @@ def generate_synthetic_dataset(
 
 def ensure_synthetic_dataset(root: str, **options) -> str:
     """
-    ``root`` if it holds a synthetic dataset, else generate one there (``options`` of
-    :func:`generate_synthetic_dataset`; the defaults give 30 train and 8 val videos and 60 DET
-    images of 128x160 px). Safe when several processes call it at once.
+    ``root`` if it holds a synthetic dataset of this :data:`GENERATOR_VERSION`, else generate
+    one there (``options`` of :func:`generate_synthetic_dataset`; the defaults give 30 train
+    and 8 val videos of 40-120 frames and 60 DET images, 128x160 px). A tree of another
+    version is replaced, with a warning. Safe when several processes call it at once.
     """
-    if not os.path.exists(root):
+    version = _generator_version(root)
+    if version == GENERATOR_VERSION:
+        return root
+    options = {**_DEFAULT_OPTIONS, **options}
+    if version is None:
         logger.info(f"Generating the synthetic video dataset in {root} (first use)")
         try:
-            generate_synthetic_dataset(root, **{**_DEFAULT_OPTIONS, **options})
+            generate_synthetic_dataset(root, **options)
         except OSError:
-            if not os.path.isdir(root):  # not just another process finishing first
+            if _generator_version(root) != GENERATOR_VERSION:  # not another process finishing
                 raise
-    if not os.path.isfile(os.path.join(root, "synthetic.json")):
-        raise FileNotFoundError(
-            f"{root} exists but is not a synthetic dataset (no synthetic.json); remove it to "
-            "have it generated"
-        )
+        return root
+    logger.warning(
+        f"{root} holds synthetic data of generator version {version}; generating version "
+        f"{GENERATOR_VERSION} in its place"
+    )
+    new, stale = f"{root}.new-{os.getpid()}", f"{root}.stale-{os.getpid()}"
+    generate_synthetic_dataset(new, **options)
+    try:
+        if _generator_version(root) != GENERATOR_VERSION:  # else another process was faster
+            os.rename(root, stale)
+            os.rename(new, root)
+    except OSError:
+        if _generator_version(root) != GENERATOR_VERSION:  # not another process replacing it
+            raise
+    finally:
+        for leftover in (new, stale):
+            shutil.rmtree(leftover, ignore_errors=True)
     return root
+
+
+def _generator_version(root: str):
+    """The generator version of the synthetic tree at ``root``; None if there is no ``root``."""
+    if not os.path.exists(root):
+        return None
+    try:
+        with open(os.path.join(root, "synthetic.json")) as f:
+            return json.load(f).get("generator_version")
+    except (OSError, ValueError):
+        raise FileNotFoundError(
+            f"{root} exists but is not a synthetic dataset (no readable synthetic.json); remove "
+            "it to have it generated"
+        ) from None
 
 
 def write_synthetic_video(
@@ -343,11 +391,20 @@ def _sample_track(rng, num_frames, height, width, unit) -> _Track:
     return _Track(category, centers, heights, aspect)
 
 
-def _event(rng, num_frames: int) -> set:
-    """A run of 2-3 consecutive frames."""
-    length = int(rng.integers(2, 4))
-    start = int(rng.integers(0, max(1, num_frames - length + 1)))
-    return set(range(start, min(num_frames, start + length)))
+def _runs(rng, num_frames: int) -> List[range]:
+    """
+    About one run of 4-12 consecutive frames per 60 frames (at least one), not overlapping one
+    another; shorter videos get shorter runs.
+    """
+    count = max(1, round(num_frames / _FRAMES_PER_RUN))
+    # Each run gets its own slot of the video, so runs never touch.
+    slot = num_frames // count
+    runs = []
+    for k in range(count):
+        length = min(int(rng.integers(_RUN_LENGTH[0], _RUN_LENGTH[1] + 1)), max(1, slot - 1))
+        start = k * slot + int(rng.integers(0, max(1, slot - length)))
+        runs.append(range(start, min(num_frames, start + length)))
+    return runs
 
 
 def _line_offsets(length: int, angle: float) -> List[Tuple[int, int]]:
@@ -532,23 +589,66 @@ def _write_frame(root, kind, stem, frame, objects, size, track: bool) -> None:
         f.write("".join(parts))
 
 
-def main(argv=None) -> None:
+def get_parser() -> argparse.ArgumentParser:
+    defaults = _DEFAULT_OPTIONS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--output", help="dataset root to create (ILSVRC2015 layout)")
     target.add_argument("--video", help="write one synthetic video file instead (e.g. demo.mp4)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--num-train-videos", type=int, default=_DEFAULT_OPTIONS["num_train_videos"]
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of every random choice: same seed, same bytes (default: %(default)s)",
     )
-    parser.add_argument("--num-val-videos", type=int, default=_DEFAULT_OPTIONS["num_val_videos"])
-    parser.add_argument("--num-det-images", type=int, default=_DEFAULT_OPTIONS["num_det_images"])
-    parser.add_argument("--min-frames", type=int, default=_DEFAULT_OPTIONS["num_frames"][0])
-    parser.add_argument("--max-frames", type=int, default=_DEFAULT_OPTIONS["num_frames"][1])
-    parser.add_argument("--num-frames", type=int, default=60, help="frames of --video")
-    parser.add_argument("--height", type=int, help="default 128 (240 for --video)")
-    parser.add_argument("--width", type=int, help="default 160 (320 for --video)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--num-train-videos",
+        type=int,
+        default=defaults["num_train_videos"],
+        help="training snippets, Data/VID/train (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--num-val-videos",
+        type=int,
+        default=defaults["num_val_videos"],
+        help="validation snippets, Data/VID/val (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--num-det-images",
+        type=int,
+        default=defaults["num_det_images"],
+        help="DET-style still images, Data/DET/train (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min-frames",
+        type=int,
+        default=defaults["num_frames"][0],
+        help="fewest frames of a dataset video (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=defaults["num_frames"][1],
+        help="most frames of a dataset video (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--num-frames",
+        type=int,
+        default=60,
+        help="frames of the --video file (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--height", type=int, help="frame height in pixels (default 128, 240 for --video)"
+    )
+    parser.add_argument(
+        "--width", type=int, help="frame width in pixels (default 160, 320 for --video)"
+    )
+    return parser
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
+    defaults = _DEFAULT_OPTIONS
     if args.video:
         size = (args.height or 240, args.width or 320)
         write_synthetic_video(args.video, args.num_frames, size, args.seed)
@@ -561,7 +661,7 @@ def main(argv=None) -> None:
         num_val_videos=args.num_val_videos,
         num_det_images=args.num_det_images,
         num_frames=(args.min_frames, args.max_frames),
-        size=(args.height or 128, args.width or 160),
+        size=(args.height or defaults["size"][0], args.width or defaults["size"][1]),
     )
     print(f"wrote {args.output}")
 

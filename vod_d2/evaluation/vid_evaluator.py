@@ -48,6 +48,10 @@ _JSON_ROW = (
 )
 # Detections formatted per piece of the detections JSON.
 _JSON_CHUNK = 200_000
+# Below a result table with empty cells.
+_EMPTY_NOTE = (
+    "\n(empty: no ground truth in that class or motion bin, so no AP; left out of the means)"
+)
 
 
 def ground_truth_from_records(
@@ -305,22 +309,35 @@ class VIDEvaluator(DatasetEvaluator):
         logger.info("Wrote %d detections to %s", len(det.scores), path)
 
     def _log(self, metrics, results: Dict[str, float], class_names: List[str]) -> None:
+        """Log the per-category table and the summary; an AP without GT is an empty cell."""
         rows = []
         for c, name in enumerate(class_names):
-            rows.append(
-                [name, int(metrics.class_num_gt[c]), 100.0 * metrics.class_ap[c]]
-                + [100.0 * metrics.motion_class_ap[b][c] for b in MOTION_BIN_NAMES]
-            )
+            aps = [metrics.class_ap[c]] + [metrics.motion_class_ap[b][c] for b in MOTION_BIN_NAMES]
+            rows.append([name, int(metrics.class_num_gt[c])] + [_percent(ap, 1) for ap in aps])
         table = tabulate(
             rows,
             headers=["category", "#GT", "AP"] + [f"AP {b}" for b in MOTION_BIN_NAMES],
             tablefmt="pipe",
-            floatfmt=".1f",
             numalign="left",
+            disable_numparse=True,
         )
-        logger.info("Per-category ImageNet VID AP (devkit, IoU 0.5, small-object rule):\n%s", table)
-        summary = {k: v for k, v in results.items() if not k.startswith("AP-")}
-        logger.info("VID evaluation of '%s':\n%s", self._dataset_name, create_small_table(summary))
+        logger.info(
+            "Per-category ImageNet VID AP (devkit, IoU 0.5, small-object rule):\n%s%s",
+            table,
+            _EMPTY_NOTE if any("" in row for row in rows) else "",
+        )
+        summary = {k: _percent(v / 100.0, 3) for k, v in results.items() if not k.startswith("AP-")}
+        logger.info(
+            "VID evaluation of '%s':\n%s%s",
+            self._dataset_name,
+            create_small_table(summary),
+            _EMPTY_NOTE if "" in summary.values() else "",
+        )
+
+
+def _percent(value: float, digits: int) -> str:
+    """``100 * value`` with ``digits`` decimals; an empty string for NaN (nothing to score)."""
+    return "" if np.isnan(value) else f"{100.0 * value:.{digits}f}"
 
 
 def _detections_json(

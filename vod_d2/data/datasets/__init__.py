@@ -10,28 +10,38 @@ A record is one frame (detectron2's ``list[dict]``, ordered by ``(video_id, fram
 
 A DET still image is a one-frame video. Support frames are found through
 :func:`build_frame_table`, so records carry no lists. Importing this package registers the
-built-in datasets (:mod:`.builtin`) without reading any file.
+built-in datasets (:mod:`.builtin`) without reading any file. Datasets of your own are
+registered in Python (:func:`register_video_dataset`) or declared in a datasets file that the
+config names (``DATASETS.FILE``, :mod:`.datasets_file`).
 """
 
-from .builtin import BUILTIN_DATASETS, datasets_root, register_all_builtin
+from .builtin import BUILTIN_DATASETS, SYNTHETIC_CLASSES, datasets_root, register_all_builtin
 from .cache import default_cache_dir
-from .cocovid import load_cocovid_json
+from .cocovid import cocovid_categories, load_cocovid_json
+from .datasets_file import register_datasets_file, register_datasets_from_config
 from .frame_table import NumberedFrames, build_frame_table
+from .image_sets import fgfa_train_frames
 from .imagenet_vid import VID_CLASSES, VID_WNIDS, load_imagenet_det, load_imagenet_vid
-from .register import register_video_dataset
+from .register import dataset_classes, register_video_dataset
 
 __all__ = [
     "BUILTIN_DATASETS",
     "NumberedFrames",
+    "SYNTHETIC_CLASSES",
     "VID_CLASSES",
     "VID_WNIDS",
     "build_frame_table",
+    "cocovid_categories",
+    "dataset_classes",
     "datasets_root",
     "default_cache_dir",
+    "fgfa_train_frames",
     "load_cocovid_json",
     "load_imagenet_det",
     "load_imagenet_vid",
     "register_all_builtin",
+    "register_datasets_file",
+    "register_datasets_from_config",
     "register_video_dataset",
 ]
 

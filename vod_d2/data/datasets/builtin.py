@@ -6,8 +6,11 @@ loaded (not at import):
 
 * ``imagenet_vid_train_15frames``, ``imagenet_vid_val``, ``imagenet_det_train_30classes``:
   ``ILSVRC2015/`` with the ``ImageSets/VID_train_15frames.txt``, ``VID_val_videos.txt`` (or,
-  when absent, ``VID_val_frames.txt``; both list all 176,126 val frames) and
-  ``DET_train_30classes.txt`` lists FGFA, MEGA and mmtracking share.
+  when absent, ``VID_val_frames.txt``; both stand for all 176,126 val frames) and
+  ``DET_train_30classes.txt`` lists FGFA, MEGA and mmtracking share. Where they are missing,
+  they are derived once from the official lists of the ILSVRC2015 download
+  (``ImageSets/VID/train_<k>.txt``, ``VID/val.txt``, ``DET/train_<k>.txt``) into the
+  annotation cache folder (see :func:`~vod_d2.data.datasets.image_sets.derived_image_set`).
 * ``synthetic_vid_train``, ``synthetic_vid_val``, ``synthetic_det_train``: the same layout
   under ``vod_d2_synthetic/``, generated on first use (see :mod:`vod_d2.data.synthetic`).
 """
@@ -17,12 +20,17 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ..synthetic import SYNTHETIC_CLASSES, ensure_synthetic_dataset
+from .cache import default_cache_dir
+from .image_sets import derived_image_set
 from .imagenet_vid import VID_CLASSES, load_imagenet_det, load_imagenet_vid
 
-__all__ = ["BUILTIN_DATASETS", "datasets_root", "register_all_builtin"]
+__all__ = ["BUILTIN_DATASETS", "SYNTHETIC_CLASSES", "datasets_root", "register_all_builtin"]
 
-# name -> (folder under $DETECTRON2_DATASETS, loader kind, image-set lists, first existing used)
+# The classes of the built-in synthetic data (vod_d2.data.synthetic), 5 of the VID classes.
+SYNTHETIC_CLASSES = ("airplane", "bird", "car", "dog", "zebra")
+
+# name -> (folder under $DETECTRON2_DATASETS, loader kind, image-set lists: the first existing
+# one is read; for ILSVRC2015, when none exists, the last one is derived from the official lists)
 BUILTIN_DATASETS = {
     "imagenet_vid_train_15frames": ("ILSVRC2015", "imagenet_vid", ("VID_train_15frames.txt",)),
     "imagenet_vid_val": (
@@ -47,11 +55,19 @@ def _load_builtin(name: str):
     root = os.path.join(datasets_root(), folder)
     options = {}
     if folder == "vod_d2_synthetic":
+        # Imported on use: nothing imported by ``import vod_d2`` may import the generator, or
+        # ``python -m vod_d2.data.synthetic`` warns that runpy finds it already imported.
+        from ..synthetic import ensure_synthetic_dataset
+
         ensure_synthetic_dataset(root)
         # The cache goes with the generated tree (and is removed with it).
         options = dict(class_names=SYNTHETIC_CLASSES, cache_dir=os.path.join(root, ".cache"))
     lists = [os.path.join("ImageSets", image_set) for image_set in image_sets]
-    image_set = next((s for s in lists if os.path.exists(os.path.join(root, s))), lists[0])
+    image_set = next((s for s in lists if os.path.exists(os.path.join(root, s))), None)
+    if image_set is None:
+        if folder != "ILSVRC2015":
+            raise FileNotFoundError(f"Image-set list {os.path.join(root, lists[0])} does not exist")
+        image_set = derived_image_set(root, image_sets[-1], default_cache_dir())
     load = load_imagenet_det if kind == "imagenet_det" else load_imagenet_vid
     return load(root, image_set, **options)
 

@@ -35,15 +35,15 @@ def default_cache_dir() -> str:
     )
 
 
-def cache_file(cache_dir: str, identity: Iterable[str]) -> str:
+def cache_file(cache_dir: str, identity: Iterable[str], what: str = "annotations") -> str:
     """
     Path of the cache entry of a dataset definition (loader, root, list file, classes...).
 
-    One definition has one entry: a changed annotation tree overwrites it instead of
-    accumulating stale entries.
+    One definition has one entry per ``what`` (``"annotations"``, ``"frames"``): a changed
+    annotation tree overwrites it instead of accumulating stale entries.
     """
     digest = hashlib.sha1("\0".join(identity).encode()).hexdigest()[:20]
-    return os.path.join(cache_dir, f"annotations-{digest}.npz")
+    return os.path.join(cache_dir, f"{what}-{digest}.npz")
 
 
 def fingerprint_files(paths: Sequence[str], salt: str) -> str:

@@ -4,18 +4,22 @@ CocoVID json (the video format of mmtracking and other VID toolkits) as frame re
 The json holds COCO's ``images``, ``annotations`` and ``categories`` plus ``videos``; an image
 has ``video_id`` and ``frame_id`` (0-based), an annotation ``instance_id`` (its track) and
 optionally ``occluded``/``generated``. Boxes are COCO ``[x, y, w, h]``, converted to
-``[x, y, x + w, y + h]`` XYXY_ABS.
+``[x, y, x + w, y + h]`` XYXY_ABS. A box with a negative width or height, or wholly outside its
+image, is an error naming the file and the annotation id (as the XML loader rejects inverted
+boxes); a box partly outside its image is clipped to it.
 """
 
 import json
 import logging
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from detectron2.data import MetadataCatalog
 from detectron2.structures import BoxMode
 
-__all__ = ["load_cocovid_json"]
+from .frame_files import check_frame_files
+
+__all__ = ["cocovid_categories", "load_cocovid_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +38,7 @@ def load_cocovid_json(
     class_names: Optional[Sequence[str]] = None,
     dataset_name: Optional[str] = None,
     vid_train_frames_only: bool = False,
+    check_frames: bool = True,
 ) -> List[dict]:
     """
     Frame records of a CocoVID json.
@@ -48,6 +53,7 @@ def load_cocovid_json(
         vid_train_frames_only: keep only images flagged ``is_vid_train_frame`` (the 15-frame
             training subset in mmtracking's ImageNet VID json). The other frames can still be
             support frames when their names are numbered by frame index.
+        check_frames: check that every image file of the json exists.
 
     Returns:
         list[dict]: frame records ordered by ``(video_id, frame_idx)``; ``video_id`` is the
@@ -56,21 +62,12 @@ def load_cocovid_json(
 
     Raises:
         ValueError: naming the file (and the entry), for malformed json, a missing key, an
-            unknown video, image or category, or a category outside ``class_names``.
+            unknown video, image or category, a category outside ``class_names``, or a box of
+            negative size or outside its image.
+        FileNotFoundError: naming the json, or the first missing image files.
     """
     data = _read_json(json_file)
-    categories = sorted(data["categories"], key=lambda c: c["id"])
-    if class_names is None:
-        class_names = [c["name"] for c in categories]
-    name_index = {name: i for i, name in enumerate(class_names)}
-    id_map: Dict[int, int] = {}
-    for category in categories:
-        if category["name"] not in name_index:
-            raise ValueError(
-                f"{json_file}: category {category['name']!r} (id {category['id']}) is not one "
-                f"of the dataset's classes {list(class_names)}"
-            )
-        id_map[category["id"]] = name_index[category["name"]]
+    class_names, id_map = _categories(data, json_file, class_names)
     if dataset_name is not None:
         MetadataCatalog.get(dataset_name).set(
             thing_classes=list(class_names), thing_dataset_id_to_contiguous_id=id_map
@@ -130,9 +127,8 @@ def load_cocovid_json(
             raise ValueError(
                 f"{json_file}: annotation {ann.get('id')} has bbox {ann['bbox']}, not [x, y, w, h]"
             )
-        x, y, w, h = ann["bbox"]
         obj = {
-            "bbox": [x, y, x + w, y + h],
+            "bbox": _checked_box(ann, record, json_file),
             "bbox_mode": BoxMode.XYXY_ABS,
             "category_id": id_map[ann["category_id"]],
             "track_id": int(ann.get("instance_id", -1)),
@@ -146,8 +142,69 @@ def load_cocovid_json(
     records = sorted(records_by_id.values(), key=lambda r: (r["video_id"], r["frame_idx"]))
     for record in records:
         record["video_length"] = lengths[record["video_id"]]
+    if check_frames:
+        _check_frames(data["images"], image_root, json_file)
     logger.info(f"Loaded {len(records)} frames of {len(lengths)} videos from {json_file}")
     return records
+
+
+def cocovid_categories(
+    json_file: str, class_names: Optional[Sequence[str]] = None
+) -> Tuple[List[str], Dict[int, int]]:
+    """
+    The classes of a CocoVID json, without building its records.
+
+    Args:
+        json_file: the json.
+        class_names: as in :func:`load_cocovid_json`.
+
+    Returns:
+        tuple: the class names (``class_names``, else the categories' names in id order) and
+        ``{category id: contiguous index}``.
+    """
+    return _categories(_read_json(json_file), json_file, class_names)
+
+
+def _categories(data: dict, json_file: str, class_names: Optional[Sequence[str]]):
+    categories = sorted(data["categories"], key=lambda c: c["id"])
+    if class_names is None:
+        class_names = [c["name"] for c in categories]
+    name_index = {name: i for i, name in enumerate(class_names)}
+    id_map: Dict[int, int] = {}
+    for category in categories:
+        if category["name"] not in name_index:
+            raise ValueError(
+                f"{json_file}: category {category['name']!r} (id {category['id']}) is not one "
+                f"of the dataset's classes {list(class_names)}"
+            )
+        id_map[category["id"]] = name_index[category["name"]]
+    return list(class_names), id_map
+
+
+def _checked_box(ann: dict, record: dict, json_file: str) -> List[float]:
+    """``[x0, y0, x1, y1]`` of an annotation's COCO box, clipped to its image."""
+    x, y, w, h = ann["bbox"]
+    width, height = record["width"], record["height"]
+    if w < 0 or h < 0:
+        raise ValueError(
+            f"{json_file}: annotation {ann.get('id')} (image {record['image_id']}) has bbox "
+            f"{ann['bbox']} with a negative width or height; COCO boxes are [x, y, w, h]"
+        )
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        raise ValueError(
+            f"{json_file}: annotation {ann.get('id')} has bbox {ann['bbox']} (x, y, w, h), "
+            f"wholly outside its {width}x{height} image {record['image_id']}"
+        )
+    return [max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)]
+
+
+def _check_frames(images: List[dict], image_root: str, json_file: str) -> None:
+    groups: Dict[str, List[str]] = {}
+    for image in images:
+        folder, name = os.path.split(os.path.join(image_root, image["file_name"]))
+        groups.setdefault(folder, []).append(name)
+    folders, required = list(groups), list(groups.values())
+    check_frame_files(folders, required.__getitem__, requirement="", dataset=json_file)
 
 
 def _read_json(json_file: str) -> dict:

@@ -8,15 +8,13 @@ Layout under ``root``::
     ImageSets/VID_train_15frames.txt, VID_val_videos.txt, VID_val_frames.txt,
               DET_train_30classes.txt
 
-Image-set lists, in the formats FGFA, MEGA and mmtracking share:
+Image-set lists: those FGFA, MEGA and mmtracking share (``ImageSets/VID_train_15frames.txt``
+...) and the official ones of the download (``ImageSets/VID/val.txt``, ``train_<k>.txt``,
+``ImageSets/DET/train_<k>.txt``), see :mod:`.image_sets`.
 
-* video lists, one line per frame ``<snippet> <n> <frame_idx> <num_frames>`` (``<n>`` is a running
-  number, ignored): ``VID_train_15frames.txt`` (15 evenly spaced frames of each training
-  snippet), ``VID_val_videos.txt`` (every val frame). ``frame_idx`` is 0-based: it is the file
-  name, as in FGFA and MEGA;
-* frame lists ``<snippet>/<frame:06d> [<n>]``: ``VID_val_frames.txt``; the snippet's length is
-  its number of annotation files;
-* DET lists ``<path> [<n>]``: ``DET_train_30classes.txt``.
+Every frame file a dataset may read (the listed frames and, for videos, all the frames of their
+snippets, which can be support frames) is checked to exist when the dataset is loaded
+(:mod:`.frame_files`), with the check cached next to the annotations.
 
 Boxes are the XML's ``xmin, ymin, xmax, ymax`` unchanged, as ``XYXY_ABS``: the devkit's pixels
 are inclusive (a box's width is ``xmax - xmin + 1``), and the VID evaluator adds that +1 itself
@@ -26,12 +24,14 @@ when it applies the devkit's rules, so no coordinate is shifted on the way in.
 import gc
 import logging
 import os
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from detectron2.structures import BoxMode
 
 from .cache import cache_file, default_cache_dir, fingerprint_files, load_cached, save_cached
+from .frame_files import check_frame_files
+from .image_sets import FrameList, read_det_image_set, read_vid_image_set, scan_vid_split
 from .vid_xml import AnnotationColumns, parse_annotation_files
 
 __all__ = [
@@ -63,24 +63,6 @@ _WNID_OF_CLASS = dict(zip(VID_CLASSES, VID_WNIDS))
 _CACHE_VERSION = "imagenet-1"
 
 
-class FrameList(NamedTuple):
-    """
-    The frames a dataset lists, before their annotations are read.
-
-    Attributes:
-        stems (list[str]): path of each frame under ``Data/<kind>/`` without extension.
-        videos (list[str]): video folder (DET: image path) under ``Data/<kind>/``; one string
-            object per video.
-        frame_idx (ndarray): (F,) int64 0-based index of each frame in its video.
-        video_length (ndarray): (F,) int64 number of frames of each frame's video.
-    """
-
-    stems: List[str]
-    videos: List[str]
-    frame_idx: np.ndarray
-    video_length: np.ndarray
-
-
 def load_imagenet_vid(
     root: str,
     image_set: Optional[str] = None,
@@ -91,6 +73,7 @@ def load_imagenet_vid(
     cache_dir: Optional[str] = None,
     use_cache: bool = True,
     num_workers: Optional[int] = None,
+    check_frames: bool = True,
 ) -> List[dict]:
     """
     Frame records of ImageNet VID snippets.
@@ -102,14 +85,20 @@ def load_imagenet_vid(
             ``Annotations/VID/<split>`` (frames ordered by file name).
         class_names: the dataset's classes; an object's ``<name>`` is a class name or, for the
             VID classes, its WordNet id. Any other name is an error.
-        image_ext: extension of the image files.
+        image_ext: extension of the frame files (``.JPEG`` in ILSVRC2015, e.g. ``.jpg``).
         cache_dir: where parsed annotations are cached (default :func:`default_cache_dir`).
         use_cache: read and write the cache.
         num_workers: processes that parse the XML files (default: all cores).
+        check_frames: check that every frame file of the listed snippets exists (all their
+            frames, as any may be a support frame).
 
     Returns:
         list[dict]: frame records (see :mod:`vod_d2.data.datasets`), ordered by
         ``(video_id, frame_idx)``, ``video_id`` being ``"VID/<snippet>"``.
+
+    Raises:
+        FileNotFoundError: naming the first missing list, annotation or frame file.
+        ValueError: naming the file and line, for a malformed list or annotation.
     """
     if (image_set is None) == (split is None):
         raise ValueError("load_imagenet_vid needs exactly one of image_set and split")
@@ -123,6 +112,7 @@ def load_imagenet_vid(
     return _load(
         "VID", root, frames, list_file, class_names=class_names, image_ext=image_ext,
         cache_dir=cache_dir, use_cache=use_cache, num_workers=num_workers,
+        check_frames=check_frames,
     )  # fmt: skip
 
 
@@ -135,6 +125,7 @@ def load_imagenet_det(
     cache_dir: Optional[str] = None,
     use_cache: bool = True,
     num_workers: Optional[int] = None,
+    check_frames: bool = True,
 ) -> List[dict]:
     """
     Frame records of ImageNet DET images, each a one-frame video: ``video_id`` is
@@ -149,6 +140,7 @@ def load_imagenet_det(
     return _load(
         "DET", root, frames, list_file, class_names=class_names, image_ext=image_ext,
         cache_dir=cache_dir, use_cache=use_cache, num_workers=num_workers,
+        check_frames=check_frames,
     )  # fmt: skip
 
 
@@ -159,76 +151,6 @@ def class_index(class_names: Sequence[str]) -> Dict[str, int]:
     index = {name: i for i, name in enumerate(class_names)}
     index.update({_WNID_OF_CLASS[n]: i for i, n in enumerate(class_names) if n in _WNID_OF_CLASS})
     return index
-
-
-def read_vid_image_set(list_file: str, annotation_dir: str) -> FrameList:
-    """Frames of a VID list in the 4-column (video) or 1/2-column (frame) format."""
-    lines = _read_lines(list_file)
-    stems, videos, frame_idx, video_length = [], [], [], []
-    known: Dict[str, tuple] = {}  # snippet -> (shared str, length)
-    for number, line in lines:
-        fields = line.split()
-        if len(fields) == 4:
-            snippet = fields[0]
-            index, length = _int(fields[2], list_file, number), _int(fields[3], list_file, number)
-        elif len(fields) in (1, 2):
-            snippet, _, frame = fields[0].rpartition("/")
-            index = _int(frame, list_file, number)
-            length = None
-        else:
-            raise ValueError(f"{list_file}:{number}: expected 1, 2 or 4 fields, got {line!r}")
-        video, known_length = known.get(snippet, (None, None))
-        if video is None:
-            if length is None:
-                length = _count_annotations(os.path.join(annotation_dir, snippet), list_file)
-            video, known_length = snippet, length
-            known[snippet] = (video, length)
-        if length is not None and length != known_length:
-            raise ValueError(
-                f"{list_file}:{number}: snippet {snippet} has {length} frames here but "
-                f"{known_length} on an earlier line"
-            )
-        if not 0 <= index < known_length:
-            raise ValueError(
-                f"{list_file}:{number}: frame {index} is outside snippet {snippet} "
-                f"({known_length} frames)"
-            )
-        stems.append(f"{video}/{index:06d}")
-        videos.append(video)
-        frame_idx.append(index)
-        video_length.append(known_length)
-    return FrameList(stems, videos, np.asarray(frame_idx, np.int64), np.asarray(video_length))
-
-
-def read_det_image_set(list_file: str) -> FrameList:
-    """Images of a DET list (``<path> [<n>]`` lines), each a one-frame video."""
-    stems = []
-    for number, line in _read_lines(list_file):
-        fields = line.split()
-        if len(fields) not in (1, 2):
-            raise ValueError(f"{list_file}:{number}: expected 1 or 2 fields, got {line!r}")
-        stems.append(fields[0])
-    ones = np.ones(len(stems), np.int64)
-    return FrameList(stems, stems, ones - 1, ones)
-
-
-def scan_vid_split(annotation_dir: str, split: str) -> FrameList:
-    """Every frame of every snippet (a folder holding ``.xml`` files) under ``split``."""
-    top = os.path.join(annotation_dir, split)
-    if not os.path.isdir(top):
-        raise FileNotFoundError(f"Annotation folder {top} does not exist")
-    stems, videos, frame_idx, video_length = [], [], [], []
-    for folder, subfolders, files in os.walk(top):
-        subfolders.sort()
-        names = sorted(f[:-4] for f in files if f.endswith(".xml"))
-        video = os.path.relpath(folder, annotation_dir).replace(os.sep, "/")
-        stems += [f"{video}/{name}" for name in names]
-        videos += [video] * len(names)
-        frame_idx += range(len(names))
-        video_length += [len(names)] * len(names)
-    if not stems:
-        raise FileNotFoundError(f"No .xml annotation file under {top}")
-    return FrameList(stems, videos, np.asarray(frame_idx, np.int64), np.asarray(video_length))
 
 
 def records_from_columns(
@@ -311,6 +233,7 @@ def _load(
     cache_dir: Optional[str],
     use_cache: bool,
     num_workers: Optional[int],
+    check_frames: bool,
 ) -> List[dict]:
     """Parse (or read from the cache) the annotations of ``frames`` and build the records."""
     is_det = kind == "DET"
@@ -318,11 +241,12 @@ def _load(
     annotation_files = [annotation_dir + stem + ".xml" for stem in frames.stems]
     index = class_index(class_names)
     columns = None
+    identity = (_CACHE_VERSION, kind, os.path.abspath(list_file), *class_names)
+    cache_dir = cache_dir or default_cache_dir()
     if use_cache:
         salt = f"{_CACHE_VERSION}\0{sorted(index.items())}\0{is_det}"
         key = fingerprint_files(annotation_files, salt)
-        identity = (_CACHE_VERSION, kind, os.path.abspath(list_file), *class_names)
-        path = cache_file(cache_dir or default_cache_dir(), identity)
+        path = cache_file(cache_dir, identity)
         cached = load_cached(path, key)
         if cached is not None:
             logger.info(f"Loaded the annotations of {list_file} from the cache {path}")
@@ -335,6 +259,11 @@ def _load(
             save_cached(path, key, columns._asdict())
     data_dir = os.path.join(root, "Data", kind, "")
     image_files = [data_dir + stem + image_ext for stem in frames.stems]
+    if check_frames:
+        frames_cache = (
+            cache_file(cache_dir, (*identity, image_ext), "frames") if use_cache else None
+        )
+        _check_frames(data_dir, frames, image_ext, is_det, list_file, frames_cache)
     video_ids = _prefixed(kind, frames.videos)
     records = records_from_columns(
         image_files, video_ids, frames.frame_idx, frames.video_length, columns, not is_det
@@ -342,6 +271,28 @@ def _load(
     _check_unique_frames(records, list_file)
     logger.info(f"Loaded {len(records)} frames of {len(set(video_ids))} videos from {list_file}")
     return records
+
+
+def _check_frames(data_dir, frames: FrameList, image_ext, is_det, list_file, cache_path) -> None:
+    """Every listed DET image, every frame of every listed snippet (support frames) exists."""
+    if is_det:
+        groups: Dict[str, List[str]] = {}
+        for stem in frames.stems:
+            folder, name = os.path.split(data_dir + stem + image_ext)
+            groups.setdefault(folder, []).append(name)
+        folders, names = list(groups), list(groups.values()).__getitem__
+        requirement = "\0".join(frames.stems)
+    else:
+        lengths = dict(zip(frames.videos, frames.video_length.tolist()))
+        folders, counts = [data_dir + video for video in lengths], list(lengths.values())
+        requirement = f"{image_ext}\0{counts}"
+
+        def names(i):
+            return (f"{t:06d}{image_ext}" for t in range(counts[i]))
+
+    check_frame_files(
+        folders, names, requirement=requirement, dataset=list_file, cache_path=cache_path
+    )
 
 
 def _shared(values: np.ndarray) -> list:
@@ -362,32 +313,3 @@ def _check_unique_frames(records: List[dict], list_file: str) -> None:
     for prev, cur in zip(records, records[1:]):
         if prev["video_id"] == cur["video_id"] and prev["frame_idx"] == cur["frame_idx"]:
             raise ValueError(f"{list_file} lists frame {cur['file_name']} more than once")
-
-
-def _read_lines(list_file: str):
-    """Non-blank lines of a list file with their 1-based line numbers."""
-    try:
-        with open(list_file) as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"Image-set list {list_file} does not exist") from None
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if not lines:
-        raise ValueError(f"Image-set list {list_file} is empty")
-    return lines
-
-
-def _int(text: str, list_file: str, number: int) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"{list_file}:{number}: {text!r} is not an integer") from None
-
-
-def _count_annotations(folder: str, list_file: str) -> int:
-    try:
-        return sum(1 for name in os.listdir(folder) if name.endswith(".xml"))
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"Annotation folder {folder} (a snippet listed in {list_file}) does not exist"
-        ) from None
