@@ -42,7 +42,6 @@ import cv2
 import numpy as np
 import tqdm
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode, Instances
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
@@ -50,7 +49,7 @@ from detectron2.utils.visualizer import ColorMode
 
 import vod_d2  # noqa: F401  (registers the meta-architectures, modules and datasets)
 from vod_d2 import add_vod_config
-from vod_d2.data import dataset_classes, register_datasets_from_config
+from vod_d2.data import register_datasets_from_config
 from vod_d2.data.mapper import read_frame
 from vod_d2.engine import VideoPredictor, VideoReader
 
@@ -468,25 +467,6 @@ def _make_sink(args, frames, fps: float):
     return VideoSink(output, fps)
 
 
-def test_metadata(cfg):
-    """
-    Metadata of the config's first test dataset (class names, the dataset's category ids),
-    with a warning when there is none to use.
-    """
-    name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None
-    if name is None or name not in DatasetCatalog.list():
-        problem = "is empty" if name is None else f"names {name!r}, which is not registered"
-        logger.warning(
-            f"DATASETS.TEST {problem}: labels are drawn as class indices and --json category_id "
-            "are the model's class indices; name the training data's test set (declared in "
-            "DATASETS.FILE) to use its class names and category ids"
-        )
-        return MetadataCatalog.get("__unused")
-    if dataset_classes(name) is None:
-        logger.warning(f"Dataset {name!r} has no thing_classes: labels are drawn as class indices")
-    return MetadataCatalog.get(name)
-
-
 def _check_weights(cfg) -> None:
     weights = cfg.MODEL.WEIGHTS
     if not weights:
@@ -520,7 +500,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     frames, num_frames, fps, video_id = _open_source(args)
     cfg = setup_cfg(args)
     _check_weights(cfg)
-    metadata = test_metadata(cfg)
+    predictor = VideoPredictor(cfg)
+    metadata = predictor.metadata
     sinks = []
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = signal.signal(signal.SIGTERM, _raise_system_exit) if in_main_thread else None
@@ -530,7 +511,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         json_sink = JsonSink(args.json, video_id, metadata) if args.json else None
         sinks.append(json_sink)
         sinks = [s for s in sinks if s is not None]
-        predictor = VideoPredictor(cfg)
         drawer = FrameDrawer(metadata, args.confidence_threshold)
         start = time.perf_counter()
         count = annotate(predictor, video_id, frames, num_frames, drawer, sink, json_sink)

@@ -15,6 +15,7 @@ from _testing import read_video
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import vod_d2.data.datasets.datasets_file as datasets_file
+from vod_d2.engine.predictor import dataset_metadata
 
 cv2 = pytest.importorskip("cv2")
 
@@ -251,7 +252,7 @@ def test_json_and_labels_use_the_test_datasets_ids_and_names(tmp_path, caplog):
         args = demo.get_parser().parse_args(
             ["--config-file", SYNTHETIC_CONFIG, "--video-input", video, "--opts", *opts]
         )
-        assert demo.test_metadata(demo.setup_cfg(args)).thing_classes == ["dog", "car"]
+        assert dataset_metadata(demo.setup_cfg(args)).thing_classes == ["dog", "car"]
     finally:
         DatasetCatalog.remove("_demo_val")
         MetadataCatalog.remove("_demo_val")

@@ -57,3 +57,18 @@ def test_same_seed_gives_the_same_losses(tmp_path):
     assert first == second
     for a, b in zip(runs[0].model.parameters(), runs[1].model.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.usefixtures("synthetic_datasets")
+def test_a_wrong_class_count_or_dataset_fails_before_training(tmp_path):
+    cfg = _cfg(tmp_path, max_iter=3)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 4
+    with pytest.raises(
+        ValueError, match="NUM_CLASSES is 4 but dataset 'synthetic_vid_train' has 5"
+    ):
+        VideoTrainer(cfg)
+    cfg = _cfg(tmp_path, max_iter=3)
+    cfg.DATASETS.TEST = ("synthetic_vid_vall",)
+    with pytest.raises(ValueError, match="'synthetic_vid_vall', which is not a registered"):
+        VideoTrainer(cfg)
+    assert not (tmp_path / "model_final.pth").exists()

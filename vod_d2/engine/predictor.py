@@ -7,11 +7,12 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
+from ..data import dataset_classes, register_datasets_from_config
 from ..modeling import VideoDetector
 from .trainer import build_video_postprocess
 
@@ -89,6 +90,27 @@ class VideoReader:
         return capture
 
 
+def dataset_metadata(cfg):
+    """
+    Metadata of the config's first test dataset (its class names and category ids, declared by
+    ``DATASETS.FILE`` when it is one of the user's: a CocoVID json's categories are read without
+    loading the dataset), with a warning when there is none to use.
+    """
+    register_datasets_from_config(cfg)
+    name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None
+    if name is None or name not in DatasetCatalog.list():
+        problem = "is empty" if name is None else f"names {name!r}, which is not registered"
+        logger.warning(
+            f"DATASETS.TEST {problem}: labels are drawn as class indices and --json category_id "
+            "are the model's class indices; name the training data's test set (declared in "
+            "DATASETS.FILE) to use its class names and category ids"
+        )
+        return MetadataCatalog.get("__unused")
+    if dataset_classes(name) is None:
+        logger.warning(f"Dataset {name!r} has no thing_classes: labels are drawn as class indices")
+    return MetadataCatalog.get(name)
+
+
 class VideoPredictor:
     """
     Runs a video model on the frames of one video at a time, the video counterpart of
@@ -120,8 +142,8 @@ class VideoPredictor:
     Attributes:
         cfg (CfgNode): a copy of the config.
         model (nn.Module): the video model, in eval mode.
-        metadata (Metadata): metadata of ``cfg.DATASETS.TEST[0]`` (class names for drawing),
-            or of an unnamed dataset if there is none.
+        metadata (Metadata): metadata of ``cfg.DATASETS.TEST[0]`` (class names for drawing,
+            the dataset's category ids; :func:`dataset_metadata`), or of an unnamed dataset.
         video_postprocess (callable or None): the whole-video post-processing (Seq-NMS).
 
     Examples:
@@ -152,9 +174,7 @@ class VideoPredictor:
                 "meta-architecture (vod_d2.modeling.VideoDetector, e.g. VideoRCNN)"
             )
         self.model.eval()
-        self.metadata = MetadataCatalog.get(
-            cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
-        )
+        self.metadata = dataset_metadata(self.cfg)
         DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
 
         self.aug = T.ResizeShortestEdge(

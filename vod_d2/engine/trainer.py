@@ -9,7 +9,7 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, print_csv_format
 from detectron2.utils import comm
 
-from ..data import build_video_test_loader, build_video_train_loader
+from ..data import build_video_test_loader, build_video_train_loader, check_datasets
 from ..evaluation import VIDEvaluator
 from ..postprocessing import seq_nms_instances, seq_nms_kwargs_from_config
 from .inference import inference_on_videos
@@ -70,6 +70,9 @@ class VideoTrainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
+        # The checks train_net.py runs, for Python users too: a wrong dataset name or class
+        # count fails here, in one line, not after training.
+        check_datasets(cfg)
         with _cpu_aware_ddp():
             super().__init__(cfg)
 
