@@ -29,7 +29,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, NamedTuple, Sequence, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -304,9 +304,11 @@ def write_synthetic_video(
     size: Tuple[int, int] = (240, 320),
     seed: int = 0,
     fps: float = 10,
+    ground_truth: Optional[str] = None,
 ) -> str:
     """
-    Write a synthetic video file (e.g. ``.mp4``) for demos, with OpenCV.
+    Write a synthetic video file (e.g. ``.mp4``) for demos, with OpenCV, and optionally its
+    ground truth.
 
     Args:
         path: output file; its extension picks the container.
@@ -314,6 +316,11 @@ def write_synthetic_video(
         size: (H, W) of the frames.
         seed: the scene's seed.
         fps: frames per second.
+        ground_truth: also write the video's objects to this json, as a list of COCO-style
+            dicts ``{"frame_idx", "category_id", "category", "bbox" (XYWH, pixels), "track_id",
+            "occluded"}``; ``category_id`` is the index in :data:`SYNTHETIC_CLASSES`, the
+            synthetic datasets' class index (what ``demo/demo.py --json`` writes for a model
+            trained on them). See :mod:`vod_d2.evaluation.recall`.
 
     Returns:
         str: ``path``.
@@ -321,6 +328,26 @@ def write_synthetic_video(
     import cv2  # only this function needs OpenCV
 
     video = render_video(np.random.default_rng([seed, 3, 0]), num_frames, size)
+    if ground_truth is not None:
+        objects = [
+            {
+                "frame_idx": t,
+                "category_id": obj["category"],
+                "category": SYNTHETIC_CLASSES[obj["category"]],
+                # The corners as the XML annotations give them (what the models learn).
+                "bbox": [
+                    *obj["box"][:2],
+                    obj["box"][2] - obj["box"][0],
+                    obj["box"][3] - obj["box"][1],
+                ],
+                "track_id": obj["track_id"],
+                "occluded": obj["occluded"],
+            }
+            for t, frame_objects in enumerate(video.objects)
+            for obj in frame_objects
+        ]
+        with open(ground_truth, "w") as f:
+            json.dump(objects, f)
     for codec in ("mp4v", "avc1", "MJPG"):
         writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*codec), fps, size[::-1])
         if writer.isOpened():
@@ -638,6 +665,11 @@ def get_parser() -> argparse.ArgumentParser:
         help="frames of the --video file (default: %(default)s)",
     )
     parser.add_argument(
+        "--ground-truth",
+        help="with --video: also write the video's objects to this json (see "
+        "vod_d2.evaluation.recall)",
+    )
+    parser.add_argument(
         "--height", type=int, help="frame height in pixels (default 128, 240 for --video)"
     )
     parser.add_argument(
@@ -651,8 +683,8 @@ def main(argv=None) -> None:
     defaults = _DEFAULT_OPTIONS
     if args.video:
         size = (args.height or 240, args.width or 320)
-        write_synthetic_video(args.video, args.num_frames, size, args.seed)
-        print(f"wrote {args.video}")
+        write_synthetic_video(args.video, args.num_frames, size, args.seed, args.ground_truth)
+        print(f"wrote {args.video}" + (f" and {args.ground_truth}" if args.ground_truth else ""))
         return
     generate_synthetic_dataset(
         args.output,
