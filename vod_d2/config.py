@@ -123,6 +123,8 @@ def _add_stmn_config(cfg):
     cfg.MODEL.STMN.KERNEL_SIZE = 3
     # Kernel of U_z, U_r, U (memory -> memory).
     cfg.MODEL.STMN.MEMORY_KERNEL_SIZE = 3
+    # Dilation of W_z, W_r, W: that of the conv they start from (R-FCN's feature reduction: 6).
+    cfg.MODEL.STMN.DILATION = 1
     # BN* maps [0, mean + K * std] of the positive gate inputs linearly onto [0, 1] (Fig. 3).
     cfg.MODEL.STMN.BN_STAR_K = 3.0
     # A forward and a backward memory, concatenated (paper); False: forward (online) only.
@@ -132,8 +134,21 @@ def _add_stmn_config(cfg):
     cfg.MODEL.STMN.MATCHTRANS.ENABLED = True
     # MatchTrans compares each location with a (2K+1)^2 window of the previous frame (paper: 2).
     cfg.MODEL.STMN.MATCHTRANS.K = 2
-    # Affinities over the window divided by their "sum" (paper; non-negative features) or "softmax".
-    cfg.MODEL.STMN.MATCHTRANS.NORMALIZATION = "sum"
+    # "cosine" (the authors' code): cosine affinities, negatives zeroed, divided by their sum, the
+    # memory copied where that sum is ~0, no gradient into the features; "sum" (the paper's
+    # equation): raw dot products divided by their sum; "softmax": softmax of the dot products.
+    cfg.MODEL.STMN.MATCHTRANS.NORMALIZATION = "cosine"
+    # A loss on every annotated frame of the training sequence (paper, §3.1); False: on the
+    # reference (the middle frame) only.
+    cfg.MODEL.STMN.PER_FRAME_LOSS = True
+    # The test-time ensemble with the static detector STMN started from (§4), read by the
+    # "StaticEnsembleRCNN" meta-architecture (vod_d2.modeling.meta_arch.ensemble).
+    cfg.MODEL.STMN.ENSEMBLE = CN()
+    # Config file of the static detector (a frame-independent VideoRCNN), e.g.
+    # "configs/stmn_R101_RFCN_static.yaml".
+    cfg.MODEL.STMN.ENSEMBLE.STATIC_CONFIG = ""
+    # Its checkpoint (the static detector's MODEL.WEIGHTS is not read).
+    cfg.MODEL.STMN.ENSEMBLE.STATIC_WEIGHTS = ""
 
 
 def _add_rfcn_config(cfg):

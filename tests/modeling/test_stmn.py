@@ -13,7 +13,6 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from tools.weight_transfer import main as weight_transfer_main
 from vod_d2 import add_vod_config
 from vod_d2.engine import VideoTrainer, run_on_video
 from vod_d2.modeling.temporal.stmn import (
@@ -23,16 +22,19 @@ from vod_d2.modeling.temporal.stmn import (
     STMNSingleFrameAggregation,
     bn_star,
 )
-from vod_d2.modeling.temporal.weight_transfer import transfer_single_frame_weights
 
 STMN_CONFIGS = [
     "configs/stmn_R50_DC5.yaml",
     "configs/stmn_R101_DC5.yaml",
+    "configs/stmn_R101_RFCN.yaml",
     "configs/synthetic/stmn.yaml",
+    "configs/synthetic/stmn_rfcn.yaml",
 ]
 
 
 def _aggregation(channels=6, memory=4, **kwargs):
+    """A small STMNAggregation whose training output is the references' memories."""
+    kwargs.setdefault("per_frame_loss", False)
     torch.manual_seed(0)
     return STMNAggregation(
         input_shape=ShapeSpec(channels=channels, stride=16), memory_channels=memory, **kwargs
@@ -287,8 +289,14 @@ def test_aggregation_gradcheck_float64():
     for matchtrans in [True, False]:
         # ConvGRU: BN*'s bound is a batch statistic held constant in backprop (as in the
         # authors' code), so only the smooth cell can be checked against finite differences.
+        # The paper's MatchTrans: the authors' sends no gradient into the features.
         module = _aggregation(
-            channels=2, memory=2, cell="ConvGRU", matchtrans=matchtrans, memory_kernel_size=1
+            channels=2,
+            memory=2,
+            cell="ConvGRU",
+            matchtrans=matchtrans,
+            matchtrans_normalization="sum",
+            memory_kernel_size=1,
         ).double()
         ref, support = (x.double().requires_grad_() for x in _window(5, b=1, s=2, c=2, h=3, w=3))
         offsets = torch.tensor([[-1, 1]])
@@ -348,7 +356,7 @@ def test_configs_build_stmn_with_heads_on_both_memories(config_file):
     assert isinstance(module, STMNAggregation)
     memory = cfg.MODEL.STMN.MEMORY_CHANNELS
     assert module.output_shape().channels == 2 * memory
-    assert model.proposal_generator.rpn_head.conv.in_channels == 2 * memory
+    assert model.proposal_generator.rpn_head.objectness_logits.in_channels == 2 * memory
     assert module.forward_memory.aligner is not None
     assert module.forward_memory.aligner.k == cfg.MODEL.STMN.MATCHTRANS.K == 2
 
@@ -414,108 +422,7 @@ def test_training_step_reaches_every_memory_weight(tiny_cfg):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-# ---------------------------------------------------------------- weight transfer (§3.2)
-
-
-def _single_frame_and_stmn(tiny_cfg):
-    single = _build(_stmn_cfg(tiny_cfg, aggregation="STMNSingleFrameAggregation", window=(0, 0)))
-    stmn = _build(_stmn_cfg(tiny_cfg))
-    torch.manual_seed(1)
-    for p in single.parameters():  # make every source tensor distinguishable from an init
-        p.data.add_(0.01 * torch.randn_like(p))
-    return single, stmn
-
-
-def test_weight_transfer_copies_the_right_tensors(tiny_cfg):
-    single, stmn = _single_frame_and_stmn(tiny_cfg)
-    state, report = transfer_single_frame_weights(single.state_dict(), stmn.state_dict())
-    stmn.load_state_dict(state)
-    conv = single.temporal_aggregation.feature_conv
-    for direction in [
-        stmn.temporal_aggregation.forward_memory,
-        stmn.temporal_aggregation.backward_memory,
-    ]:
-        cell = direction.cell
-        for w, b in zip(cell.input_conv.weight.chunk(3), cell.input_conv.bias.chunk(3)):
-            assert torch.equal(w, conv.weight) and torch.equal(b, conv.bias)
-    for key, value in single.backbone.state_dict().items():
-        assert torch.equal(stmn.backbone.state_dict()[key], value), key
-    assert report.kept_init and all(
-        ".gate_conv." in k or ".candidate_conv." in k for k in report.kept_init
-    )
-    assert "roi_heads.box_head.fc1.weight" in report.widened
-    assert "roi_heads.box_predictor.cls_score.weight" in report.copied
-
-
-def test_widened_heads_see_two_equal_memories_as_the_single_frame_feature(tiny_cfg):
-    single, stmn = _single_frame_and_stmn(tiny_cfg)
-    stmn.load_state_dict(transfer_single_frame_weights(single.state_dict(), stmn.state_dict())[0])
-    x = torch.rand(2, 8, 5, 6)
-    doubled = torch.cat([x, x], dim=1)
-    for a, b in zip(
-        single.proposal_generator.rpn_head([x]), stmn.proposal_generator.rpn_head([doubled])
-    ):
-        torch.testing.assert_close(a[0], b[0])
-    pooled = torch.rand(3, 8, 7, 7)
-    torch.testing.assert_close(
-        single.roi_heads.box_head(pooled), stmn.roi_heads.box_head(torch.cat([pooled, pooled], 1))
-    )
-
-
-def test_a_plain_single_frame_detector_transfers_as_an_identity_conv(tiny_cfg):
-    plain = _build(_stmn_cfg(tiny_cfg, aggregation="SingleFrameAggregation", window=(0, 0)))
-    width = plain.backbone.output_shape()["res5"].channels
-    stmn = _build(_stmn_cfg(tiny_cfg, MEMORY_CHANNELS=width))
-    state, report = transfer_single_frame_weights(plain.state_dict(), stmn.state_dict())
-    stmn.load_state_dict(state)
-    features = torch.relu(torch.randn(2, width, 5, 6, generator=torch.Generator().manual_seed(8)))
-    for direction in [
-        stmn.temporal_aggregation.forward_memory,
-        stmn.temporal_aggregation.backward_memory,
-    ]:
-        # W_z F = W_r F = W F = F: the static detector's map (post-ReLU) passes unchanged.
-        for block in direction.cell.project(features).chunk(3, dim=1):
-            torch.testing.assert_close(block, features)
-    assert any(k.endswith("rpn_head.conv.weight") for k in report.widened)
-    # Narrower memories cannot be an identity: the error names the way out.
-    narrow = _build(_stmn_cfg(tiny_cfg))
-    with pytest.raises(KeyError, match="--source-conv"):
-        transfer_single_frame_weights(plain.state_dict(), narrow.state_dict())
-
-
-def test_weight_transfer_errors_name_the_conv(tiny_cfg):
-    single, stmn = _single_frame_and_stmn(tiny_cfg)
-    source = single.state_dict()
-    with pytest.raises(KeyError, match="backbone.res5"):
-        transfer_single_frame_weights(source, stmn.state_dict(), "backbone.res5.0.conv9")
-    source["temporal_aggregation.feature_conv.weight"] = torch.zeros(8, 3, 1, 1)
-    with pytest.raises(ValueError, match="temporal_aggregation.feature_conv.weight"):
-        transfer_single_frame_weights(source, stmn.state_dict())
-    with pytest.raises(ValueError, match="STMNAggregation"):
-        transfer_single_frame_weights(source, single.state_dict())
-
-
-def test_weight_transfer_tool_writes_a_loadable_checkpoint(tiny_cfg, tmp_path):
-    single, _ = _single_frame_and_stmn(tiny_cfg)
-    torch.save({"model": single.state_dict(), "iteration": 9}, tmp_path / "single.pth")
-    weight_transfer_main(
-        [
-            "--config-file",
-            "configs/synthetic/stmn.yaml",
-            "--input",
-            str(tmp_path / "single.pth"),
-            "--output",
-            str(tmp_path / "stmn.pth"),
-            "MODEL.STMN.MEMORY_CHANNELS",
-            "8",
-        ]
-    )
-    checkpoint = torch.load(tmp_path / "stmn.pth", weights_only=True)
-    assert set(checkpoint) == {"model"}
-    weight = checkpoint["model"]["temporal_aggregation.backward_memory.cell.input_conv.weight"]
-    torch.testing.assert_close(
-        weight, single.temporal_aggregation.feature_conv.weight.repeat(3, 1, 1, 1)
-    )
+# ---------------------------------------------------------------- static start
 
 
 def test_single_frame_start_is_relu_of_the_feature_conv():

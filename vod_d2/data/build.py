@@ -10,7 +10,7 @@ from detectron2.data import (
 from detectron2.data.build import filter_images_with_only_crowd_annotations
 
 from .datasets import build_frame_table
-from .mapper import VideoDatasetMapper
+from .mapper import AnnotationTable, VideoDatasetMapper
 from .samplers import MixedVideoTrainingSampler, VideoInferenceSampler
 from .video_source import VideoFrameSource
 
@@ -35,7 +35,12 @@ def build_video_train_loader(cfg, mapper=None):
     """
     records = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
     if mapper is None:
-        mapper = VideoDatasetMapper(cfg, is_train=True, frame_table=build_frame_table(records))
+        mapper = VideoDatasetMapper(
+            cfg,
+            is_train=True,
+            frame_table=build_frame_table(records),
+            annotation_table=AnnotationTable(records),
+        )
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
         records = filter_images_with_only_crowd_annotations(records)
     if not records:

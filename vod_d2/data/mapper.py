@@ -2,7 +2,9 @@
 
 import copy
 import logging
-from typing import Mapping, Optional, Sequence
+import pickle
+from collections import defaultdict
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -13,7 +15,7 @@ from detectron2.data import transforms as T
 
 from .frame_sampling import FrameSampler
 
-__all__ = ["VideoDatasetMapper", "read_frame"]
+__all__ = ["AnnotationTable", "VideoDatasetMapper", "read_frame"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,9 @@ class VideoDatasetMapper(DatasetMapper):
 
     * ``support_images`` (list[Tensor]): S tensors (C, H, W), same size as ``image``.
     * ``support_offsets`` (list[int]): S frame offsets ``support_idx - frame_idx``.
+    * ``support_instances`` (list[Instances or None]), with an ``annotation_table``: the S
+      support frames' annotations, transformed like the reference's; None for a frame that has
+      no record (not annotated), empty Instances for an annotated frame without objects.
 
     At test time it maps the frame alone (the model caches features across frames), so each
     frame of a video is read exactly once.
@@ -41,6 +46,7 @@ class VideoDatasetMapper(DatasetMapper):
         *,
         frame_sampler: FrameSampler,
         frame_table: Optional[Mapping[str, Sequence[str]]] = None,
+        annotation_table: Optional["AnnotationTable"] = None,
         **kwargs,
     ):
         """
@@ -49,6 +55,8 @@ class VideoDatasetMapper(DatasetMapper):
             frame_sampler: rule choosing the support frames of a training sample.
             frame_table: ``video_id -> file names ordered by frame index``, covering every frame
                 a support frame may be drawn from; required when the rule has support frames.
+            annotation_table: the annotations of the frames that have a record, to add the
+                support frames' ``support_instances``; None adds none.
             kwargs: arguments of :class:`DatasetMapper`.
         """
         super().__init__(is_train, **kwargs)
@@ -56,12 +64,14 @@ class VideoDatasetMapper(DatasetMapper):
             raise ValueError(f"sampling rule {frame_sampler.rule!r} needs a frame table")
         self.frame_sampler = frame_sampler
         self.frame_table = frame_table
+        self.annotation_table = annotation_table
 
     @classmethod
-    def from_config(cls, cfg, is_train: bool = True, frame_table=None):
+    def from_config(cls, cfg, is_train: bool = True, frame_table=None, annotation_table=None):
         ret = super().from_config(cfg, is_train)
         ret["frame_sampler"] = FrameSampler.from_config(cfg)
         ret["frame_table"] = frame_table
+        ret["annotation_table"] = annotation_table
         return ret
 
     def __call__(self, dataset_dict):
@@ -94,7 +104,27 @@ class VideoDatasetMapper(DatasetMapper):
             self._read_support(dataset_dict, o, transforms, image_shape) for o in offsets
         ]
         self._transform_annotations(dataset_dict, transforms, image_shape)
+        if self.annotation_table is not None:
+            dataset_dict["support_instances"] = self._support_instances(
+                dataset_dict, offsets, transforms, image_shape
+            )
         return dataset_dict
+
+    def _support_instances(self, dataset_dict, offsets, transforms, image_shape) -> List:
+        """The support frames' Instances (None without a record), with the sample's transforms."""
+        frames = self.annotation_table.frames(dataset_dict["video_id"]) if any(offsets) else {}
+        by_frame = {0: dataset_dict["instances"]}
+        for offset in offsets:
+            if offset in by_frame:
+                continue
+            annotations = frames.get(dataset_dict["frame_idx"] + offset)
+            if annotations is None:
+                by_frame[offset] = None
+                continue
+            frame = {"annotations": annotations}
+            self._transform_annotations(frame, transforms, image_shape)
+            by_frame[offset] = frame["instances"]
+        return [by_frame[o] for o in offsets]
 
     def _read_support(self, dataset_dict, offset, transforms, image_shape) -> torch.Tensor:
         """Read the frame at ``offset`` from the reference and apply the sample's transforms."""
@@ -129,6 +159,33 @@ def read_frame(path: str, image_format: str) -> np.ndarray:
         raise
     except OSError as e:
         raise OSError(f"Cannot read the frame {path}: {e}") from e
+
+
+class AnnotationTable:
+    """
+    ``video_id -> {frame_idx: annotations}`` for the frames of multi-frame videos that have a
+    record (``annotations`` may be empty: an annotated frame without objects). Each video's
+    frames are kept pickled, so that the data-loader workers share bytes rather than Python
+    objects, which reading would copy into every worker.
+    """
+
+    def __init__(self, records: Iterable[dict]):
+        """
+        Args:
+            records: frame records with ``video_id``, ``frame_idx``, ``video_length`` and
+                ``annotations`` (build it from the unfiltered records, like the frame table).
+        """
+        videos: Dict[str, Dict[int, list]] = defaultdict(dict)
+        for record in records:
+            # A one-frame video's support frames are the frame itself: no lookup.
+            if record["video_length"] > 1 and "annotations" in record:
+                videos[record["video_id"]][record["frame_idx"]] = record["annotations"]
+        self._videos = {v: pickle.dumps(frames, protocol=-1) for v, frames in videos.items()}
+
+    def frames(self, video_id: str) -> Dict[int, list]:
+        """A fresh copy of the video's ``{frame_idx: annotations}`` (empty if it has none)."""
+        blob = self._videos.get(video_id)
+        return {} if blob is None else pickle.loads(blob)
 
 
 def _to_chw_tensor(image: np.ndarray) -> torch.Tensor:

@@ -9,6 +9,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, build_backb
 from detectron2.modeling.proposal_generator import build_proposal_generator
 from detectron2.modeling.roi_heads import build_roi_heads
 from detectron2.structures import ImageList, Instances
+from detectron2.utils.logger import log_first_n
 
 from ..frames import FULL, FrameInfo, WindowSupport
 from ..temporal.build import TemporalAggregation, build_temporal_aggregation
@@ -38,6 +39,13 @@ class VideoRCNN(VideoDetector, GeneralizedRCNN):
     frame with ``support_images`` and ``support_offsets``; all frames of a batch go through the
     backbone together, once. With ``SingleFrameAggregation`` and a (0, 0) window this is exactly
     detectron2's single-frame Faster R-CNN (and ``inference`` is its batched inference).
+
+    In training the temporal module may give one map per frame of each training sequence,
+    (B, 1 + S, C, H, W) with the reference first and the support frames in their order, instead
+    of the references' (B, C, H, W) (STMN's loss on every frame, §3.1). The heads then run on
+    the references and on every support frame with annotations (``support_instances`` entries
+    that are not None; a frame without a record has None and no loss), each distinct frame of a
+    sample once; detectron2's losses average over those frames' anchors and RoIs.
     """
 
     @configurable
@@ -172,12 +180,34 @@ class VideoRCNN(VideoDetector, GeneralizedRCNN):
         aggregated = self.temporal_aggregation(
             ref, support, offsets.reshape(batch, num_support), frames[:batch]
         )
-        features = self._head_features({k: v[:batch] for k, v in payload.items()}, aggregated)
-        ref_images = ImageList(images.tensor[:batch], images.image_sizes[:batch])
+        # The frames that carry the loss, as positions in the encoded batch (references first).
+        with_loss = list(range(batch))
+        gt_instances = [x["instances"] for x in batched_inputs]
+        if aggregated.dim() == 5:
+            if tuple(aggregated.shape[:2]) != (batch, 1 + num_support):
+                raise ValueError(
+                    f"{type(self.temporal_aggregation).__name__} gave maps of shape "
+                    f"{tuple(aggregated.shape)}: one map per frame of each sequence must be "
+                    f"(B, 1 + S, C, H, W) = ({batch}, {1 + num_support}, ...)"
+                )
+            supports, support_instances = _annotated_support_frames(batched_inputs)
+            maps = aggregated.flatten(0, 1)[
+                [b * (1 + num_support) for b in range(batch)]
+                + [b * (1 + num_support) + 1 + j for b, j in supports]
+            ]
+            with_loss += [batch + b * num_support + j for b, j in supports]
+            gt_instances += support_instances
+        else:
+            maps = aggregated
+        index = torch.as_tensor(with_loss, device=self.device)
+        features = self._head_features(
+            {k: v[index] for k, v in payload.items() if not k.startswith(_TEMPORAL)}, maps
+        )
+        loss_images = ImageList(images.tensor[index], [images.image_sizes[i] for i in with_loss])
 
-        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
-        proposals, proposal_losses = self.proposal_generator(ref_images, features, gt_instances)
-        _, detector_losses = self.roi_heads(ref_images, features, proposals, gt_instances)
+        gt_instances = [x.to(self.device) for x in gt_instances]
+        proposals, proposal_losses = self.proposal_generator(loss_images, features, gt_instances)
+        _, detector_losses = self.roi_heads(loss_images, features, proposals, gt_instances)
         if self.vis_period > 0:
             from detectron2.utils.events import get_event_storage
 
@@ -229,6 +259,42 @@ class VideoRCNN(VideoDetector, GeneralizedRCNN):
         features = {k: v for k, v in payload.items() if not k.startswith(_TEMPORAL)}
         features[self.in_feature] = aggregated
         return features
+
+
+def _annotated_support_frames(batched_inputs: List[Dict]) -> Tuple[List[Tuple[int, int]], List]:
+    """
+    The support frames that carry a loss when the temporal module gives every frame a map:
+    those with annotations (``support_instances`` not None), each distinct frame of a sample
+    once, the reference (offset 0) excluded as it has its own.
+
+    Returns:
+        (list of (sample, support position), list[Instances]): the frames and their targets.
+    """
+    frames, targets = [], []
+    for b, sample in enumerate(batched_inputs):
+        offsets = list(sample.get("support_offsets", []))
+        if "support_instances" not in sample:
+            log_first_n(
+                logging.WARNING,
+                "the temporal module gives every frame of a training sequence a map, but the "
+                "samples have no 'support_instances' (VideoDatasetMapper with an annotation "
+                "table): the loss is on the reference frames only",
+                name=__name__,
+            )
+            continue
+        instances = sample["support_instances"]
+        if len(instances) != len(offsets):
+            raise ValueError(
+                f"sample {b} has {len(offsets)} support_offsets but {len(instances)} "
+                "support_instances"
+            )
+        seen = {0}
+        for j, (offset, target) in enumerate(zip(offsets, instances)):
+            if target is not None and offset not in seen:
+                seen.add(offset)
+                frames.append((b, j))
+                targets.append(target)
+    return frames, targets
 
 
 def _training_frame(sample: Dict, offset: int) -> FrameInfo:
