@@ -1,7 +1,7 @@
 """
 Start STMN from a single-frame checkpoint (the weight transfer of §3.2)::
 
-    python -m vod_d2.modeling.temporal.weight_transfer --config-file configs/stmn_R101_RFCN.yaml \\
+    python tools/weight_transfer.py --config-file configs/stmn_R101_RFCN.yaml \\
         --input output/stmn_R101_RFCN_static/model_final.pth --output stmn_init.pth
     python train_net.py --config-file configs/stmn_R101_RFCN.yaml MODEL.WEIGHTS stmn_init.pth
 
@@ -44,7 +44,6 @@ identity (``configs/synthetic/stmn.yaml`` is set up so). Otherwise pass ``--sour
 take the backbone and heads only (the cells then start fresh).
 """
 
-import argparse
 import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -270,32 +269,3 @@ def convert_checkpoint(cfg, input_path: str, output_path: str, source_conv=DEFAU
             logger.info(f"  {name}: {key}")
     torch.save({"model": state}, output_path)
     return report
-
-
-def main(argv=None):
-    from detectron2.config import get_cfg
-    from detectron2.utils.logger import setup_logger
-
-    from vod_d2 import add_vod_config
-
-    parser = argparse.ArgumentParser(description=__doc__.split("::")[0].strip())
-    parser.add_argument("--config-file", required=True, help="config of the STMN model")
-    parser.add_argument("--input", required=True, help="single-frame .pth checkpoint")
-    parser.add_argument("--output", required=True, help="STMN .pth checkpoint to write")
-    parser.add_argument(
-        "--source-conv",
-        default=DEFAULT_SOURCE_CONV,
-        help="conv of the checkpoint that becomes W_z, W_r, W ('' to skip)",
-    )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    args = parser.parse_args(argv)
-    setup_logger(name="vod_d2")
-    cfg = get_cfg()
-    add_vod_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    convert_checkpoint(cfg, args.input, args.output, args.source_conv)
-
-
-if __name__ == "__main__":
-    main()
