@@ -683,7 +683,9 @@ def main(argv=None) -> None:
     defaults = _DEFAULT_OPTIONS
     if args.video:
         size = (args.height or 240, args.width or 320)
-        write_synthetic_video(args.video, args.num_frames, size, args.seed, args.ground_truth)
+        write_synthetic_video(
+            args.video, args.num_frames, size, seed=args.seed, ground_truth=args.ground_truth
+        )
         print(f"wrote {args.video}" + (f" and {args.ground_truth}" if args.ground_truth else ""))
         return
     generate_synthetic_dataset(
