@@ -169,6 +169,10 @@ def _add_rfcn_config(cfg):
     cfg.MODEL.RFCN.DEFORMABLE = False
     # gamma: the predicted offsets are fractions of the RoI's size scaled by it (paper: 0.1).
     cfg.MODEL.RFCN.DEFORMABLE_GAMMA = 0.1
+    # Make res4's last N bottleneck blocks deformable too (detectron2's DEFORM_ON_PER_STAGE
+    # switches whole stages): 3, with res5 deformable, gives the 6 deformable layers of
+    # Deformable ConvNets' backbone that STSN uses (§4.1).
+    cfg.MODEL.RFCN.DEFORM_RES4_LAST_BLOCKS = 0
     # Online hard example mining: only the hardest sampled RoIs of each image carry the loss.
     cfg.MODEL.RFCN.OHEM = False
     # B, the RoIs kept per image by OHEM (R-FCN, LSTS §4.2: 128).

@@ -114,3 +114,20 @@ def test_only_res5_can_be_reduced():
     cfg = _cfg(**{"MODEL.RESNETS.OUT_FEATURES": ["res4", "res5"]})
     with pytest.raises(ValueError, match="MODEL.RESNETS.OUT_FEATURES"):
         build_backbone(cfg)
+
+
+def test_res4s_last_blocks_turn_deformable_and_start_as_the_plain_blocks():
+    plain = _cfg()
+    deformable = _cfg(**{"MODEL.RFCN.DEFORM_RES4_LAST_BLOCKS": 2})
+    torch.manual_seed(0)
+    a = build_backbone(plain).eval()
+    b = build_backbone(deformable).eval()
+    offsets = sorted(n for n, _ in b.named_modules() if n.endswith("conv2_offset"))
+    assert offsets == ["res4.4.conv2_offset", "res4.5.conv2_offset"]
+    # Same names for every other parameter: the plain backbone's weights load, and with the
+    # offsets at zero the deformable blocks compute what the plain ones do.
+    missing, unexpected = b.load_state_dict(a.state_dict(), strict=False)
+    assert not unexpected and all("conv2_offset" in k for k in missing)
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(b(x)["res5_reduced"], a(x)["res5_reduced"])

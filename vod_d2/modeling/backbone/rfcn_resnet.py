@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import ResNet, build_resnet_backbone
-from detectron2.modeling.backbone.resnet import CNNBlockBase
+from detectron2.modeling.backbone.resnet import BottleneckBlock, CNNBlockBase, DeformBottleneckBlock
 from torch import nn
 
 __all__ = ["RFCNResNet", "build_rfcn_resnet_backbone"]
@@ -94,9 +94,44 @@ def build_rfcn_resnet_backbone(cfg, input_shape: ShapeSpec) -> RFCNResNet:
     # detectron2's builder makes (and freezes) the blocks; RFCNResNet re-assembles the same
     # modules under the same names.
     resnet = build_resnet_backbone(cfg, input_shape)
+    stages = [list(stage) for stage in resnet.stages]
+    last = cfg.MODEL.RFCN.DEFORM_RES4_LAST_BLOCKS
+    if last:
+        stages[2][-last:] = [_deformable(cfg, block) for block in stages[2][-last:]]
     return RFCNResNet(
         resnet.stem,
-        [list(stage) for stage in resnet.stages],
+        stages,
         reduction_channels=cfg.MODEL.RFCN.REDUCTION_CHANNELS,
         reduction_dilation=cfg.MODEL.RFCN.REDUCTION_DILATION,
     )
+
+
+def _deformable(cfg, block: nn.Module) -> DeformBottleneckBlock:
+    """
+    A bottleneck block of res4 made deformable: its 3x3 conv becomes detectron2's deformable
+    conv with its offset conv (zero-initialised, so the block starts as the plain one); the
+    other layers keep their names, so pretrained weights load. detectron2 turns deformable
+    convs on per stage only; this gives the Deformable ConvNets setting of "6 deformable
+    layers" (res4's last 3 blocks and res5's 3, Dai et al. 2017 Table 1) that STSN uses.
+    """
+    if not isinstance(block, BottleneckBlock):
+        raise ValueError(
+            f"MODEL.RFCN.DEFORM_RES4_LAST_BLOCKS makes bottleneck blocks deformable, got "
+            f"{type(block).__name__} (MODEL.RESNETS.DEPTH >= 50)"
+        )
+    r = cfg.MODEL.RESNETS
+    deformable = DeformBottleneckBlock(
+        block.in_channels,
+        block.out_channels,
+        bottleneck_channels=block.conv1.out_channels,
+        stride=block.stride,
+        num_groups=block.conv2.groups,
+        norm=r.NORM,
+        stride_in_1x1=r.STRIDE_IN_1X1,
+        dilation=block.conv2.dilation[0],
+        deform_modulated=r.DEFORM_MODULATED,
+        deform_num_groups=r.DEFORM_NUM_GROUPS,
+    )
+    if any(not p.requires_grad for p in block.parameters()):
+        deformable.freeze()
+    return deformable
