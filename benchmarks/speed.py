@@ -42,11 +42,7 @@ METHODS = {
 
 def config_path(method: str, synthetic: bool) -> str:
     paper, small = METHODS[method]
-    return (
-        os.path.join("configs", "synthetic", f"{small}.yaml")
-        if synthetic
-        else f"configs/{paper}.yaml"
-    )
+    return f"configs/synthetic/{small}.yaml" if synthetic else f"configs/{paper}.yaml"
 
 
 def measure(path, frames, size, warmup, device, threads):
@@ -101,9 +97,8 @@ def main():
         f"{args.size[0]}x{args.size[1]}, batch 1, streaming"
     )
     base = runs[args.methods[0]]["s_per_frame"]
-    print(
-        f"{'method':<32}{'config':<42}{'s/frame':>9}{'fps':>8}{'speed':>8}{'params M':>10}{'peak MiB':>10}"
-    )
+    header = f"{'method':<32}{'config':<42}{'s/frame':>9}{'fps':>8}{'speed':>8}"
+    print(f"{header}{'params M':>10}{'peak MiB':>10}")
     for method, run in runs.items():
         print(
             f"{method:<32}{run['config']:<42}{run['s_per_frame']:>9.3f}{run['fps']:>8.2f}"
