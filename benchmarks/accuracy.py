@@ -46,13 +46,20 @@ class Method:
 
 
 # The single-frame detector each head's methods start from.
-HEADS = {"faster_rcnn": "single_frame"}
+HEADS = {"faster_rcnn": "single_frame", "rfcn": "rfcn", "sparse_rcnn": "sparse_rcnn"}
 
 METHODS = {
     "single_frame": Method("faster_rcnn", None),
     "ssn": Method("faster_rcnn", "single_frame"),
     "stsn": Method("faster_rcnn", "ssn"),
     "stmn": Method("faster_rcnn", "single_frame", transfer=True),
+    "rfcn": Method("rfcn", None),
+    "stmn_rfcn": Method("rfcn", "rfcn", transfer=True),
+    "lsts": Method("rfcn", "rfcn"),
+    "impression": Method("rfcn", "rfcn"),
+    "dff": Method("rfcn", "rfcn"),
+    "sparse_rcnn": Method("sparse_rcnn", None),
+    "sparsevod": Method("sparse_rcnn", "sparse_rcnn"),
 }
 
 
@@ -133,13 +140,24 @@ def _transferred(name: str, warm: str) -> str:
     return target
 
 
-def _fine_tune_opts(args, seed: int, weights: str) -> List[str]:
+def _base_lr(name: str) -> float:
+    from detectron2.config import get_cfg
+
+    from vod_d2 import add_vod_config
+
+    cfg = get_cfg()
+    add_vod_config(cfg)
+    cfg.merge_from_file(_config(name))
+    return cfg.SOLVER.BASE_LR
+
+
+def _fine_tune_opts(args, name: str, seed: int, weights: str) -> List[str]:
     steps = f"({int(args.iters * 2 / 3)},)"
     return [
         "MODEL.WEIGHTS", weights,
         "SOLVER.MAX_ITER", str(args.iters),
         "SOLVER.STEPS", steps,
-        "SOLVER.BASE_LR", str(args.lr),
+        "SOLVER.BASE_LR", str(_base_lr(name) * args.lr_scale),
         "SOLVER.WARMUP_ITERS", str(min(20, args.iters // 10)),
         "SEED", str(seed),
     ]  # fmt: skip
@@ -172,7 +190,9 @@ def main():
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--pretrain-iters", type=int, default=1500)
     parser.add_argument("--iters", type=int, default=300, help="fine-tuning iterations")
-    parser.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
+    parser.add_argument(
+        "--lr-scale", type=float, default=0.5, help="fine-tuning lr / the config's BASE_LR"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--output", default=os.path.join(ROOT, "output", "accuracy"))
@@ -193,21 +213,22 @@ def main():
     for m in methods:
         if METHODS[m].transfer:
             inits[m] = _transferred(m, inits[m])
-    tag = f"{args.iters}it-lr{args.lr}"
+    tag = f"{args.iters}it-lr{args.lr_scale}x"
 
     def run(job):
         name, seed = job
         output = os.path.join(args.output, tag, os.path.basename(inits[name]), name, f"seed{seed}")
         log = os.path.join(logs, f"{tag}-{name}-seed{seed}.log")
-        return job, _train(_config(name), output, _fine_tune_opts(args, seed, inits[name]),
-                           args.threads, log)  # fmt: skip
+        opts = _fine_tune_opts(args, name, seed, inits[name])
+        return job, _train(_config(name), output, opts, args.threads, log)
 
     jobs = [(m, s) for m in methods for s in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
         runs = dict(pool.map(run, jobs))
     print(
         f"\nsynthetic_vid_val VID mAP (COCO AP50/AP: means), warm start {args.pretrain_iters} "
-        f"iterations, fine-tuning {args.iters} iterations at lr {args.lr}:\n"
+        f"iterations, fine-tuning {args.iters} iterations at {args.lr_scale} x each config's "
+        "BASE_LR:\n"
     )
     print(_table(methods, args.seeds, runs))
     wall = time.perf_counter() - start

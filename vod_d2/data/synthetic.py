@@ -3,13 +3,13 @@ Built-in synthetic video data: small, deterministic, and in the ILSVRC2015 layou
 
 Each video (40-120 frames by default, long enough for a 27-frame window and a key-frame
 interval of 10) shows 1-3 objects of 5 VID classes moving, bouncing and changing scale over a
-textured, panning background. Every class has its own shape, colour and texture, so a tiny
-detector can learn them. Each video also contains the failure modes video detectors are
-built for, as stretches of consecutive frames rather than isolated bad frames, which is where
-long windows and key-frame memories help: motion blur (camera shake along a random direction)
-and defocus (disk blur), each in one or two runs of 4-12 frames, and a long partial occlusion
-(a pole sweeping across the frame during 40-70% of the video, hiding each object it passes
-for several frames).
+textured, panning, low-saturation background. Every class has its own shape, saturated colour
+(blue, yellow, red, green, white) and texture, so a tiny detector can learn them. Each video
+also contains the failure modes video detectors are built for, as stretches of consecutive
+frames rather than isolated bad frames, which is where long windows and key-frame memories
+help: motion blur (camera shake along a random direction) and defocus (disk blur), each in one
+or two runs of 4-12 frames, and a long partial occlusion (a pole sweeping across the frame
+during 40-70% of the video, hiding each object it passes for several frames).
 
 :func:`generate_synthetic_dataset` writes JPEG frames, XML annotations and the
 ``ImageSets`` lists the real ImageNet VID loader reads, plus ``synthetic.json`` with the
@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 DEGRADATIONS = ("motion_blur", "defocus", "occlusion")
 # Part of synthetic.json: bump when the same seed would render different data. A tree of
 # another version is generated again by ensure_synthetic_dataset.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 # Objects hidden beyond this fraction of their pixels are flagged occluded.
 _OCCLUDED_BELOW_VISIBLE = 0.75
 # Objects with fewer visible pixels than this are not annotated in the frame.
@@ -76,11 +76,11 @@ class _Look:
 
 
 _LOOKS = {
-    "airplane": _Look("cross", (205, 212, 225), "gradient", 1.6),
-    "bird": _Look("triangle", (235, 195, 40), "dots", 1.1),
-    "car": _Look("rounded_rect", (205, 35, 35), "hstripes", 2.0),
-    "dog": _Look("ellipse", (150, 95, 45), "checker", 1.4),
-    "zebra": _Look("diamond", (245, 245, 245), "vstripes", 1.25),
+    "airplane": _Look("cross", (40, 90, 235), "gradient", 1.6),
+    "bird": _Look("triangle", (245, 215, 30), "dots", 1.1),
+    "car": _Look("rounded_rect", (225, 30, 30), "hstripes", 2.0),
+    "dog": _Look("ellipse", (40, 190, 60), "checker", 1.4),
+    "zebra": _Look("diamond", (250, 250, 250), "vstripes", 1.25),
 }
 
 
@@ -362,7 +362,9 @@ def write_synthetic_video(
 
 def _background(rng, height: int, width: int) -> np.ndarray:
     """(H, W, 3) float32 smooth colour field plus blotchy texture."""
-    field = _upsample(rng.uniform(40, 200, (4, 5, 3)), height, width)
+    # Low-saturation tones: a grey level per cell, slightly tinted, so objects' colours stand out.
+    grey = rng.uniform(60, 170, (4, 5, 1))
+    field = _upsample(grey + rng.uniform(-20, 20, (4, 5, 3)), height, width)
     blotches = _upsample(rng.normal(0, 25, (height // 6, width // 6, 3)), height, width)
     return field + blotches
 
@@ -403,14 +405,14 @@ def _sample_track(rng, num_frames, height, width, unit) -> _Track:
     # Slow, medium and fast objects, as in FGFA's motion-speed bins.
     speed = unit * rng.choice([0.4, 1.5, 3.5])
     growth = np.exp(rng.uniform(-0.04, 0.04))
-    size = rng.uniform(0.18, 0.4) * height
+    size = rng.uniform(0.22, 0.45) * height
     heights = np.zeros(num_frames)
     for t in range(num_frames):
         heights[t] = size
         size *= growth
-        if not 0.12 * height <= size <= 0.5 * height:
+        if not 0.16 * height <= size <= 0.5 * height:
             growth = 1 / growth
-            size = np.clip(size, 0.12 * height, 0.5 * height)
+            size = np.clip(size, 0.16 * height, 0.5 * height)
     half = np.array([heights.max() / 2, heights.max() * aspect / 2])
     low, high = np.minimum(half, [height / 2, width / 2]), np.maximum([height, width] - half, half)
     start = rng.uniform(low, high)
