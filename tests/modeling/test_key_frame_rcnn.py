@@ -15,6 +15,7 @@ from vod_d2 import add_vod_config
 from vod_d2.engine import VideoTrainer, run_on_video
 from vod_d2.modeling import KeyFrameRCNN
 from vod_d2.modeling.frames import key_frame_index
+from vod_d2.modeling.temporal.impression import TABLE1_VARIANTS
 
 METHODS = ("lsts", "impression", "dff")
 
@@ -234,3 +235,44 @@ def test_synthetic_configs_train_and_evaluate_on_cpu(method, tmp_path):
     cfg.DATASETS.TEST = test_datasets
     results = VideoTrainer.test(cfg, trainer.model)
     assert set(results["synthetic_vid_val"]["bbox"]) >= {"mAP", "AP50"}
+
+
+@pytest.mark.parametrize("row", sorted(TABLE1_VARIANTS))
+def test_impression_table1_rows_build_and_train_a_step(row):
+    cfg = _cfg("impression")
+    for key, value in TABLE1_VARIANTS[row].items():
+        cfg.MODEL.IMPRESSION[key] = value
+    model = _build(cfg).train()
+    with EventStorage():
+        losses = model(_triplets(model, [(-8, -2), (0, 0)]))
+    sum(losses.values()).backward()
+    trained = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert any(n.startswith("roi_heads.") for n in trained), row
+    # (e): the feature network and the flow net stay as loaded; (a)-(d) train end to end.
+    learns_features = TABLE1_VARIANTS[row]["END_TO_END"]
+    assert any(n.startswith("backbone.") for n in trained) == learns_features, row
+    flow_trained = any(n.startswith("key_frames.flow_net.") for n in trained)
+    uses_flow = TABLE1_VARIANTS[row]["SPARSE_FEATURE"] or TABLE1_VARIANTS[row]["MEMORY"]
+    assert flow_trained == (learns_features and uses_flow), row
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [
+        {"MEMORY_UPDATE": "none", "NON_KEY_AGGREGATION": "none"},  # Table 2 (a)
+        {"MEMORY_UPDATE": "fixed", "NON_KEY_AGGREGATION": "none"},  # (b)
+        {"MEMORY_UPDATE": "quality", "NON_KEY_AGGREGATION": "fixed"},  # (e)
+        {"INIT": "grid", "NUM_POINTS": 9},  # Table 4, uniform initialisation
+        {"LEARN_LOCATIONS": False},  # Table 4, fixed locations
+    ],
+)
+def test_lsts_ablation_switches_build_and_train_a_step(switches):
+    cfg = _cfg("lsts")
+    for key, value in switches.items():
+        cfg.MODEL.LSTS[key] = value
+    model = _build(cfg).train()
+    with EventStorage():
+        losses = model(_triplets(model, [(-8, -2), (-9, -4)]))
+    sum(losses.values()).backward()
+    locations = model.key_frames.fusion.sampling.offsets
+    assert (locations.grad is not None) == switches.get("LEARN_LOCATIONS", True)

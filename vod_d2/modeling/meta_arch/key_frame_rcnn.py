@@ -153,6 +153,21 @@ class KeyFrameRCNN(VideoDetector, GeneralizedRCNN):
                 'set INPUT.VIDEO.TRAIN_SAMPLING "key_frame"'
             )
         batch = len(batched_inputs)
+        if self.interval == 1:
+            # Every frame is a key frame: the annotated frame is the new key frame itself.
+            task, images = self._train_as_key_frames(batched_inputs)
+        else:
+            task, images = self._train_with_key_frames(batched_inputs)
+        features = {self.in_feature: task}
+        ref_images = ImageList(images.tensor[:batch], images.image_sizes[:batch])
+        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        proposals, proposal_losses = self.proposal_generator(ref_images, features, gt_instances)
+        _, detector_losses = self.roi_heads(ref_images, features, proposals, gt_instances)
+        return {**detector_losses, **proposal_losses}
+
+    def _train_with_key_frames(self, batched_inputs: List[Dict]):
+        """The annotated frames' task features, (B, C, h, w), and the batch's images."""
+        batch = len(batched_inputs)
         frames = [{"image": x["image"]} for x in batched_inputs]
         frames += [{"image": x["support_images"][k]} for k in (0, 1) for x in batched_inputs]
         images = self.preprocess_image(frames)
@@ -165,7 +180,6 @@ class KeyFrameRCNN(VideoDetector, GeneralizedRCNN):
             for k in (0, 1)
             for x in batched_inputs
         ]
-
         # The test-time calls in the order of a video: old key, new key, then the frame.
         self.reset_state()
         self.key_frames.key_frame(heavy[:batch], raw[batch : 2 * batch], infos[batch : 2 * batch])
@@ -177,14 +191,23 @@ class KeyFrameRCNN(VideoDetector, GeneralizedRCNN):
         is_key = torch.tensor(
             [x["support_offsets"][1] == 0 for x in batched_inputs], device=self.device
         )
-        task = torch.where(is_key[:, None, None, None], new_key["task"], task)
+        return torch.where(is_key[:, None, None, None], new_key["task"], task), images
 
-        features = {self.in_feature: task}
-        ref_images = ImageList(images.tensor[:batch], images.image_sizes[:batch])
-        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
-        proposals, proposal_losses = self.proposal_generator(ref_images, features, gt_instances)
-        _, detector_losses = self.roi_heads(ref_images, features, proposals, gt_instances)
-        return {**detector_losses, **proposal_losses}
+    def _train_as_key_frames(self, batched_inputs: List[Dict]):
+        """With every frame a key frame: the old key frame, then the annotated frame."""
+        batch = len(batched_inputs)
+        frames = [{"image": x["image"]} for x in batched_inputs]
+        frames += [{"image": x["support_images"][0]} for x in batched_inputs]
+        images = self.preprocess_image(frames)
+        heavy, _ = self._features(images.tensor, [FULL] * 2 * batch)
+        raw = self._raw(images.tensor)
+        infos = [_training_frame(x, 0, FULL) for x in batched_inputs]
+        infos += [_training_frame(x, x["support_offsets"][0], FULL) for x in batched_inputs]
+        self.reset_state()
+        self.key_frames.key_frame(heavy[batch:], raw[batch:], infos[batch:])
+        task = self.key_frames.key_frame(heavy[:batch], raw[:batch], infos[:batch])["task"]
+        self.reset_state()
+        return task, images
 
     # ------------------------------------------------------------------ helpers
     def _features(

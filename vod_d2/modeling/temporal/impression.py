@@ -233,10 +233,13 @@ class ImpressionKeyFrames(KeyFrameModule):
         """
         super().__init__()
         self.memory = ImpressionMemory(cfg, feature_shape.channels)
-        self.flow_net = build_flow_net(cfg, feature_shape.channels)
         self.every_frame_is_key = not cfg.MODEL.IMPRESSION.SPARSE_FEATURE
         self.end_to_end = cfg.MODEL.IMPRESSION.END_TO_END
-        if not self.end_to_end:
+        # The flow warps non-key frames and the impression: a per-frame detector without
+        # memory (Table 1 (a)) has none.
+        uses_flow = not self.every_frame_is_key or self.memory.enabled
+        self.flow_net = build_flow_net(cfg, feature_shape.channels) if uses_flow else None
+        if self.flow_net is not None and not self.end_to_end:
             self.flow_net.freeze()
         self._shape = feature_shape
 
