@@ -62,3 +62,46 @@ def read_video(path):
         frames.append(frame)
     capture.release()
     return frames
+
+
+def brief_trainer(cfg, output_dir, iterations=2):
+    """
+    A VideoTrainer of ``cfg`` at the tests' size (``iterations`` iterations of 2 images of
+    64 px, no workers, no evaluation at the end), seeded and loaded as train_net.py does, not
+    yet trained: call ``.train()`` (after recording what the test compares).
+    """
+    from detectron2.utils.env import seed_all_rng
+
+    from vod_d2.engine import VideoTrainer
+
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.merge_from_list(
+        ["SOLVER.MAX_ITER", iterations, "SOLVER.IMS_PER_BATCH", 2, "SOLVER.WARMUP_ITERS", 1,
+         "DATALOADER.NUM_WORKERS", 0, "INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MIN_SIZE_TEST", 64,
+         "OUTPUT_DIR", str(output_dir), "DATASETS.TEST", ()]
+    )  # fmt: skip
+    seed_all_rng(cfg.SEED)
+    trainer = VideoTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    return trainer
+
+
+def trained_losses(trainer):
+    """The total losses of every iteration a trainer ran (all finite: asserted)."""
+    import math
+
+    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
+    assert losses and all(math.isfinite(v) for v in losses), losses
+    return losses
+
+
+def evaluate_on_synthetic(cfg, model):
+    """VID metrics of ``model`` on the synthetic validation videos (at 64 px)."""
+    from vod_d2.engine import VideoTrainer
+
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.DATASETS.TEST = ("synthetic_vid_val",)
+    cfg.INPUT.MIN_SIZE_TEST = 64
+    return VideoTrainer.test(cfg, model)["synthetic_vid_val"]["bbox"]

@@ -4,11 +4,10 @@ import math
 
 import pytest
 import torch
-from _testing import random_video
+from _testing import brief_trainer, evaluate_on_synthetic, random_video, trained_losses
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
-from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from vod_d2 import add_vod_config
@@ -221,20 +220,10 @@ def test_impression_per_frame_ablation_makes_every_frame_a_key_frame():
 @pytest.mark.parametrize("method", METHODS)
 def test_synthetic_configs_train_and_evaluate_on_cpu(method, tmp_path):
     cfg = _cfg(method)
-    cfg.merge_from_list(
-        ["SOLVER.MAX_ITER", 2, "SOLVER.IMS_PER_BATCH", 2, "SOLVER.WARMUP_ITERS", 1,
-         "OUTPUT_DIR", str(tmp_path)]
-    )  # fmt: skip
-    test_datasets, cfg.DATASETS.TEST = cfg.DATASETS.TEST, ()  # evaluated once, below
-    seed_all_rng(cfg.SEED)
-    trainer = VideoTrainer(cfg)
-    trainer.resume_or_load(resume=False)
+    trainer = brief_trainer(cfg, tmp_path)
     trainer.train()
-    losses = trainer.storage.history("total_loss").values()
-    assert len(losses) == 2 and all(math.isfinite(v) for v, _ in losses)
-    cfg.DATASETS.TEST = test_datasets
-    results = VideoTrainer.test(cfg, trainer.model)
-    assert set(results["synthetic_vid_val"]["bbox"]) >= {"mAP", "AP50"}
+    assert len(trained_losses(trainer)) == 2
+    assert set(evaluate_on_synthetic(cfg, trainer.model)) >= {"mAP", "AP50"}
 
 
 @pytest.mark.parametrize("row", sorted(TABLE1_VARIANTS))

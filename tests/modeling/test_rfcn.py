@@ -1,17 +1,14 @@
-import math
-
 import pytest
 import torch
+from _testing import brief_trainer, evaluate_on_synthetic, trained_losses
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, ImageList, Instances
-from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from vod_d2 import add_vod_config
-from vod_d2.engine import VideoTrainer
 from vod_d2.modeling.roi_heads import RFCNOutputLayers, RFCNROIHeads, RFCNRPNHead
 
 SYNTHETIC_CONFIG = "configs/synthetic/rfcn.yaml"
@@ -263,27 +260,11 @@ def test_paper_configs_build_the_papers_detector(path, rpn_channels, rfcn_channe
 
 @pytest.mark.usefixtures("synthetic_datasets")
 def test_few_training_iterations_then_evaluation_on_cpu(tmp_path):
-    cfg = _cfg(
-        **{
-            "SOLVER.MAX_ITER": 2,
-            "SOLVER.IMS_PER_BATCH": 2,
-            "SOLVER.WARMUP_ITERS": 1,
-            "DATALOADER.NUM_WORKERS": 0,
-            "INPUT.MIN_SIZE_TRAIN": (64,),
-            "INPUT.MIN_SIZE_TEST": 64,
-            "MODEL.RPN.POST_NMS_TOPK_TEST": 20,
-            "OUTPUT_DIR": str(tmp_path),
-        }
-    )
-    test_cfg = cfg.clone()
-    cfg.DATASETS.TEST = ()
-    seed_all_rng(cfg.SEED)
-    trainer = VideoTrainer(cfg)
-    trainer.resume_or_load(resume=False)
+    cfg = _cfg(**{"MODEL.RPN.POST_NMS_TOPK_TEST": 20})
+    trainer = brief_trainer(cfg, tmp_path)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.train()
-    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
-    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert len(trained_losses(trainer)) == 2
     after = trainer.model.state_dict()
     for name in (
         "backbone.reduction.weight",
@@ -292,5 +273,5 @@ def test_few_training_iterations_then_evaluation_on_cpu(tmp_path):
         "roi_heads.box_predictor.bbox_pred.weight",
     ):
         assert not torch.equal(before[name], after[name]), name
-    results = VideoTrainer.test(test_cfg, trainer.model)["synthetic_vid_val"]["bbox"]
+    results = evaluate_on_synthetic(cfg, trainer.model)
     assert 0.0 <= results["mAP"] <= 100.0

@@ -1,20 +1,24 @@
 import itertools
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from _testing import count_backbone_calls, random_video
+from _testing import (
+    brief_trainer,
+    count_backbone_calls,
+    evaluate_on_synthetic,
+    random_video,
+    trained_losses,
+)
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
-from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 from torch import nn
 
 from vod_d2 import add_vod_config
-from vod_d2.engine import VideoTrainer, run_on_video
+from vod_d2.engine import run_on_video
 from vod_d2.modeling.temporal.stmn import (
     ConvGRUCell,
     STMMCell,
@@ -444,23 +448,8 @@ def test_synthetic_config_trains_and_evaluates_on_cpu(tmp_path):
     cfg = get_cfg()
     add_vod_config(cfg)
     cfg.merge_from_file("configs/synthetic/stmn.yaml")
-    cfg.merge_from_list(
-        [
-            "SOLVER.MAX_ITER", 3,
-            "SOLVER.IMS_PER_BATCH", 2,
-            "SOLVER.WARMUP_ITERS", 1,
-            "DATALOADER.NUM_WORKERS", 0,
-            "OUTPUT_DIR", str(tmp_path),
-        ]
-    )  # fmt: skip
-    test_datasets, cfg.DATASETS.TEST = cfg.DATASETS.TEST, ()  # evaluated once, below
-    seed_all_rng(cfg.SEED)
-    trainer = VideoTrainer(cfg)
-    trainer.resume_or_load(resume=False)
+    trainer = brief_trainer(cfg, tmp_path, iterations=3)
     trainer.train()
-    losses = trainer.storage.history("total_loss").values()
-    assert len(losses) == 3 and all(math.isfinite(v) for v, _ in losses)
+    assert len(trained_losses(trainer)) == 3
     assert isinstance(trainer.model.temporal_aggregation, STMNAggregation)
-    cfg.DATASETS.TEST = test_datasets
-    results = VideoTrainer.test(cfg, trainer.model)
-    assert 0.0 <= results["synthetic_vid_val"]["bbox"]["mAP"] <= 100.0
+    assert 0.0 <= evaluate_on_synthetic(cfg, trainer.model)["mAP"] <= 100.0

@@ -4,14 +4,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from _testing import random_video
+from _testing import brief_trainer, evaluate_on_synthetic, random_video, trained_losses
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
-from detectron2.utils.env import seed_all_rng
 
 from vod_d2 import add_vod_config
-from vod_d2.engine import VideoTrainer, run_on_video
+from vod_d2.engine import run_on_video
 from vod_d2.modeling.temporal import build_temporal_aggregation
 from vod_d2.modeling.temporal.stsn import (
     AggregationEmbedding,
@@ -430,30 +429,13 @@ def test_boundary_padding_on_a_three_frame_video():
 
 @pytest.mark.usefixtures("synthetic_datasets")
 def test_few_training_iterations_then_evaluation_on_cpu(tmp_path):
-    cfg = _cfg(
-        **{
-            "SOLVER.MAX_ITER": 2,
-            "SOLVER.IMS_PER_BATCH": 2,
-            "SOLVER.WARMUP_ITERS": 1,
-            "DATALOADER.NUM_WORKERS": 0,
-            "INPUT.MIN_SIZE_TRAIN": (64,),
-            "INPUT.MIN_SIZE_TEST": 64,
-            "MODEL.RPN.POST_NMS_TOPK_TEST": 20,
-            "OUTPUT_DIR": str(tmp_path),
-        }
-    )
-    test_cfg = cfg.clone()
-    cfg.DATASETS.TEST = ()
-    seed_all_rng(cfg.SEED)
-    trainer = VideoTrainer(cfg)
-    trainer.resume_or_load(resume=False)
+    cfg = _cfg(**{"MODEL.RPN.POST_NMS_TOPK_TEST": 20})
+    trainer = brief_trainer(cfg, tmp_path)
     before = {k: v.clone() for k, v in trainer.model.temporal_aggregation.state_dict().items()}
     trainer.train()
-    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
-    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert len(trained_losses(trainer)) == 2
     # The sampling block and the embedding both learn from the detection losses.
     after = trainer.model.temporal_aggregation.state_dict()
     for prefix in ("sampling.layers.0.conv", "sampling.sample.offset", "embedding.convs.0"):
         assert not torch.equal(before[prefix + ".weight"], after[prefix + ".weight"]), prefix
-    results = VideoTrainer.test(test_cfg, trainer.model)["synthetic_vid_val"]["bbox"]
-    assert 0.0 <= results["mAP"] <= 100.0
+    assert 0.0 <= evaluate_on_synthetic(cfg, trainer.model)["mAP"] <= 100.0

@@ -2,15 +2,20 @@ import math
 
 import pytest
 import torch
-from _testing import count_backbone_calls, random_video
+from _testing import (
+    brief_trainer,
+    count_backbone_calls,
+    evaluate_on_synthetic,
+    random_video,
+    trained_losses,
+)
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
-from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from vod_d2 import add_vod_config
-from vod_d2.engine import VideoTrainer, run_on_video
+from vod_d2.engine import run_on_video
 from vod_d2.modeling.sparse_rcnn import SparseRCNN, SparseVOD, TemporalDynamicHead
 
 SINGLE = "configs/synthetic/sparse_rcnn.yaml"
@@ -258,27 +263,12 @@ def test_training_loss_reads_the_support_images(module):
 @pytest.mark.usefixtures("synthetic_datasets")
 @pytest.mark.parametrize("path", [SINGLE, VIDEO])
 def test_synthetic_configs_train_then_evaluate_on_cpu(path, tmp_path):
-    cfg = _cfg(
-        path,
-        **{
-            "SOLVER.MAX_ITER": 2,
-            "SOLVER.IMS_PER_BATCH": 2,
-            "SOLVER.WARMUP_ITERS": 1,
-            "DATALOADER.NUM_WORKERS": 0,
-            "INPUT.MIN_SIZE_TRAIN": (64,),
-            "OUTPUT_DIR": str(tmp_path),
-        },
-    )
-    test_cfg = cfg.clone()
-    cfg.DATASETS.TEST = ()
-    seed_all_rng(cfg.SEED)
-    trainer = VideoTrainer(cfg)
-    trainer.resume_or_load(resume=False)
+    cfg = _cfg(path)
+    trainer = brief_trainer(cfg, tmp_path)
     before = {k: v.clone() for k, v in trainer.model.head.state_dict().items()}
     trainer.train()
-    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
-    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert len(trained_losses(trainer)) == 2
     after = trainer.model.head.state_dict()
     assert not torch.equal(before["proposals.boxes"], after["proposals.boxes"])
-    results = VideoTrainer.test(test_cfg, trainer.model)["synthetic_vid_val"]["bbox"]
+    results = evaluate_on_synthetic(cfg, trainer.model)
     assert set(results) >= {"mAP"}
