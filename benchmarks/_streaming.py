@@ -1,7 +1,9 @@
 """
-Shared pieces of the streaming-inference benchmarks (``stsn_inference.py``,
-``stmn_inference.py``): arguments, config, a random test video and device synchronisation.
+Shared pieces of the streaming-inference benchmarks: arguments, config, a random test video,
+device synchronisation and a per-call timer.
 """
+
+import time
 
 import torch
 from detectron2.config import get_cfg
@@ -37,6 +39,27 @@ def device_name(device):
 def synchronize(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class CallTimer:
+    """
+    Wraps ``owner.<name>`` (a module's ``forward``, a method) so that the wall time of every
+    call, synchronised on ``device``, adds to ``self.seconds``.
+    """
+
+    def __init__(self, owner, name, device):
+        self.seconds = 0.0
+        function = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            synchronize(device)
+            start = time.perf_counter()
+            out = function(*args, **kwargs)
+            synchronize(device)
+            self.seconds += time.perf_counter() - start
+            return out
+
+        setattr(owner, name, timed)
 
 
 def random_video(num_frames, height, width, seed=0):

@@ -14,6 +14,9 @@ single-frame detector of its head ("warm start", trained once per head and cache
 
 Each run is ``train_net.py`` in its own process (``--jobs`` at a time, each with
 ``--threads`` torch threads). A new method joins with one line of ``METHODS``.
+Finished runs are kept under ``--output``, named after their warm start and a hash of their
+config and its ``_BASE_`` chain, and a rerun reuses them; a change of code is not seen, so
+delete ``--output`` after one.
 
     python benchmarks/accuracy.py                       # every method, seeds 0 1 2
     python benchmarks/accuracy.py --methods single_frame stmn --seeds 0 1 --iters 200
@@ -23,6 +26,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -67,11 +71,16 @@ def _config(name: str) -> str:
     return os.path.join(CONFIGS, f"{name}.yaml")
 
 
-def _digest(*paths: str, extra: str = "") -> str:
+def _digest(name: str, extra: str = "") -> str:
+    """A short hash of the config ``name``, every ``_BASE_`` it inherits from, and ``extra``."""
     h = hashlib.sha1(extra.encode())
-    for path in paths:
+    path = _config(name)
+    while path:
         with open(path, "rb") as f:
-            h.update(f.read())
+            text = f.read()
+        h.update(text)
+        base = re.search(rb'^_BASE_:\s*"?([^"\s]+)"?', text, re.MULTILINE)
+        path = os.path.join(os.path.dirname(path), base.group(1).decode()) if base else None
     return h.hexdigest()[:10]
 
 
@@ -112,7 +121,7 @@ def _last_metrics(path: str) -> Dict:
 def _warm_start(head: str, args, log_dir: str) -> str:
     """Train (once) the single-frame detector of ``head``; return its checkpoint."""
     name = HEADS[head]
-    key = _digest(_config(name), _config("Base-synthetic"), extra=str(args.pretrain_iters))
+    key = _digest(name, extra=str(args.pretrain_iters))
     output = os.path.join(args.output, "warm_start", f"{name}-{args.pretrain_iters}-{key}")
     steps = f"({int(args.pretrain_iters * 0.75)},)"
     opts = ["SOLVER.MAX_ITER", str(args.pretrain_iters), "SOLVER.STEPS", steps, "SEED", "0"]
@@ -217,7 +226,11 @@ def main():
 
     def run(job):
         name, seed = job
-        output = os.path.join(args.output, tag, os.path.basename(inits[name]), name, f"seed{seed}")
+        # Named after the warm start and the config chain: a changed config or warm start never
+        # reuses an older run's results.
+        start = os.path.basename(os.path.dirname(warm[METHODS[name].head]))
+        run_name = f"{name}-{_digest(name, extra=os.path.basename(inits[name]))}"
+        output = os.path.join(args.output, tag, start, run_name, f"seed{seed}")
         log = os.path.join(logs, f"{tag}-{name}-seed{seed}.log")
         opts = _fine_tune_opts(args, name, seed, inits[name])
         return job, _train(_config(name), output, opts, args.threads, log)

@@ -22,11 +22,10 @@ import argparse
 import json
 import multiprocessing
 import time
-from collections import defaultdict
 
 import torch
 from _memory import CpuPeak, CudaPeak, release_freed_memory
-from _streaming import device_name, random_video, synchronize
+from _streaming import CallTimer, device_name, random_video, synchronize
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
@@ -38,23 +37,6 @@ BASELINE = "configs/single_frame_R101_RFCN.yaml"
 METHODS = ["configs/lsts_R101.yaml", "configs/impression_R101.yaml", "configs/dff_R101.yaml"]
 
 
-class _Timer:
-    """Adds the time of every call of ``owner.name`` to ``totals[label]``."""
-
-    def __init__(self, owner, name, label, totals, device):
-        method = getattr(owner, name)
-
-        def timed(*args, **kwargs):
-            synchronize(device)
-            start = time.perf_counter()
-            out = method(*args, **kwargs)
-            synchronize(device)
-            totals[label] += time.perf_counter() - start
-            return out
-
-        setattr(owner, name, timed)
-
-
 def _build(path, device):
     cfg = get_cfg()
     add_vod_config(cfg)
@@ -64,32 +46,32 @@ def _build(path, device):
     return cfg, build_model(cfg).eval()
 
 
+def _part_timers(model, device):
+    """Timers of the model's parts, by label: the heavy path, the light path, the flow net and
+    the key-frame module's steps (the whole backbone for a per-frame model)."""
+    if not isinstance(model, KeyFrameRCNN):
+        return {"backbone": CallTimer(model.backbone, "forward", device)}
+    backbone, module = model.backbone, model.key_frames
+    parts = [(backbone, "forward_light", "light path"), (backbone, "forward_rest", "heavy rest")]
+    if not hasattr(backbone, "forward_light"):
+        parts = [(backbone, "forward", "heavy path (N_feat)")]
+    if getattr(module, "flow_net", None) is not None:
+        parts.append((module.flow_net, "forward", "flow net"))
+    parts += [(module, name, f"module {name}") for name in ("key_frame", "propagate")]
+    return {label: CallTimer(owner, name, device) for owner, name, label in parts}
+
+
 def _measure(path, frames, size, warmup, device, threads):
     """One model's figures, in a process of its own (so peak memories do not mix)."""
     if threads:
         torch.set_num_threads(threads)
     video = random_video(frames, *size)
     cfg, model = _build(path, device)
-    totals = defaultdict(float)
-    if isinstance(model, KeyFrameRCNN):
-        backbone = model.backbone
-        parts = [("forward_light", "light path"), ("forward_rest", "heavy rest")]
-        if not hasattr(backbone, "forward_light"):
-            parts = [("forward", "heavy path (N_feat)")]
-        for name, label in parts:
-            _Timer(backbone, name, label, totals, device)
-        flow = getattr(model.key_frames, "flow_net", None)
-        if flow is not None:
-            _Timer(flow, "forward", "flow net", totals, device)
-        for name in ("key_frame", "propagate"):
-            _Timer(model.key_frames, name, f"module {name}", totals, device)
-    else:
-        _Timer(model.backbone, "forward", "backbone", totals, device)
     release_freed_memory()
     peak = CudaPeak(device) if device.startswith("cuda") else CpuPeak()
     with peak:
         list(run_on_video(model, video[:warmup], warmup))
-        totals.clear()
+        timers = _part_timers(model, device)
         synchronize(device)
         start = time.perf_counter()
         outputs = list(run_on_video(model, video, len(video)))
@@ -101,7 +83,7 @@ def _measure(path, frames, size, warmup, device, threads):
         "s_per_frame": seconds / len(video),
         "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
         "peak_MiB": peak.peak_bytes / 2**20,
-        "parts_s_per_frame": {k: v / len(video) for k, v in totals.items()},
+        "parts_s_per_frame": {k: t.seconds / len(video) for k, t in timers.items()},
         "key_frame_interval": cfg.MODEL.VIDEO.KEY_FRAME_INTERVAL,
     }
 

@@ -19,7 +19,7 @@ import json
 import time
 
 import torch
-from _streaming import device_name, random_video, synchronize
+from _streaming import CallTimer, device_name, random_video, synchronize
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
@@ -40,24 +40,6 @@ def _load(path, device, opts):
     cfg.MODEL.DEVICE = device
     cfg.MODEL.WEIGHTS = ""
     return cfg
-
-
-class _Timer:
-    """Wraps ``module.forward`` to add its wall time (synchronised) to ``self.seconds``."""
-
-    def __init__(self, module, device):
-        self.seconds = 0.0
-        forward = module.forward
-
-        def timed(*args, **kwargs):
-            synchronize(device)
-            start = time.perf_counter()
-            out = forward(*args, **kwargs)
-            synchronize(device)
-            self.seconds += time.perf_counter() - start
-            return out
-
-        module.forward = timed
 
 
 def _count(module):
@@ -87,7 +69,7 @@ def measure(cfg, size, frames, warmup):
     model = build_model(cfg).eval()
     video = random_video(frames, *size)
     list(run_on_video(model, video[:warmup]))
-    backbone = _Timer(model.backbone, device)
+    backbone = CallTimer(model.backbone, "forward", device)
     synchronize(device)
     start = time.perf_counter()
     outputs = list(run_on_video(model, video))

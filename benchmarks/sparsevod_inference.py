@@ -29,30 +29,12 @@ import time
 
 import torch
 from _memory import CpuPeak, CudaPeak
-from _streaming import add_arguments, device_name, load_config, random_video, synchronize
+from _streaming import CallTimer, add_arguments, device_name, load_config, random_video, synchronize
 from detectron2.modeling import build_model
 
 from vod_d2.engine import run_on_video
 
 MIB = 2.0**20
-
-
-class _Timer:
-    """Wraps ``owner.<name>`` to add its wall time (synchronised) to ``self.seconds``."""
-
-    def __init__(self, owner, name, device):
-        self.seconds = 0.0
-        function = getattr(owner, name)
-
-        def timed(*args, **kwargs):
-            synchronize(device)
-            start = time.perf_counter()
-            out = function(*args, **kwargs)
-            synchronize(device)
-            self.seconds += time.perf_counter() - start
-            return out
-
-        setattr(owner, name, timed)
 
 
 def _stream(model, video):
@@ -71,11 +53,11 @@ def measure(cfg, opts, size, frames, warmup, threads):
     peak = CudaPeak(device) if device.startswith("cuda") else CpuPeak()
     with peak:
         _stream(model, video[:warmup])
-        backbone = _Timer(model.backbone, "forward", device)
-        head = _Timer(model.head, "forward", device)
+        backbone = CallTimer(model.backbone, "forward", device)
+        head = CallTimer(model.head, "forward", device)
         # The single-frame head has no support pass.
         support = (
-            _Timer(model.head, "support_object_features", device)
+            CallTimer(model.head, "support_object_features", device)
             if hasattr(model.head, "support_object_features")
             else None
         )

@@ -26,30 +26,12 @@ import time
 
 import torch
 from _memory import CpuPeak, CudaPeak
-from _streaming import add_arguments, device_name, load_config, random_video, synchronize
+from _streaming import CallTimer, add_arguments, device_name, load_config, random_video, synchronize
 from detectron2.modeling import build_model
 
 from vod_d2.engine import run_on_video
 
 MIB = 2.0**20
-
-
-class _Timer:
-    """Wraps ``module.forward`` to add its wall time (synchronised) to ``self.seconds``."""
-
-    def __init__(self, module, device):
-        self.seconds = 0.0
-        forward = module.forward
-
-        def timed(*args, **kwargs):
-            synchronize(device)
-            start = time.perf_counter()
-            out = forward(*args, **kwargs)
-            synchronize(device)
-            self.seconds += time.perf_counter() - start
-            return out
-
-        module.forward = timed
 
 
 def measure(cfg, opts, size, frames, warmup, threads):
@@ -70,8 +52,8 @@ def measure(cfg, opts, size, frames, warmup, threads):
             per_frame = model.backbone(model.preprocess_image([video[0]]).tensor)
         feature_bytes = sum(x.numel() * x.element_size() for x in per_frame.values())
         del per_frame
-        backbone = _Timer(model.backbone, device)
-        aggregation = _Timer(model.temporal_aggregation, device)
+        backbone = CallTimer(model.backbone, "forward", device)
+        aggregation = CallTimer(model.temporal_aggregation, "forward", device)
 
         synchronize(device)
         start = time.perf_counter()
