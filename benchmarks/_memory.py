@@ -5,6 +5,7 @@ Peak-memory probes shared by the benchmarks: the process's peak resident set on 
 
 import ctypes
 import gc
+import multiprocessing
 
 import torch
 
@@ -59,3 +60,11 @@ class CudaPeak:
     def __exit__(self, *exc):
         torch.cuda.synchronize(self.device)
         self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self.base
+
+
+def in_fresh_process(function, *args):
+    """``function(*args)`` in a spawned process of its own, so that its peak memory and the
+    allocator settings of :func:`release_freed_memory` are its own (``function`` must be a
+    module-level function)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(function, args)

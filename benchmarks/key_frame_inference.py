@@ -20,11 +20,10 @@ Network 50 ms against 156 ms per frame (3.1x, GTX 1060).
 
 import argparse
 import json
-import multiprocessing
 import time
 
 import torch
-from _memory import CpuPeak, CudaPeak, release_freed_memory
+from _memory import CpuPeak, CudaPeak, in_fresh_process, release_freed_memory
 from _streaming import CallTimer, device_name, random_video, synchronize
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -61,28 +60,34 @@ def _part_timers(model, device):
     return {label: CallTimer(owner, name, device) for owner, name, label in parts}
 
 
-def _measure(path, frames, size, warmup, device, threads):
-    """One model's figures, in a process of its own (so peak memories do not mix)."""
+def _measure(path, frames, size, warmup, device, threads, memory=False):
+    """
+    One model's time per frame and its parts, or with ``memory`` the peak memory its streaming
+    adds (each in a process of its own: release_freed_memory() would slow down the allocations
+    timed).
+    """
     if threads:
         torch.set_num_threads(threads)
     video = random_video(frames, *size)
     cfg, model = _build(path, device)
-    release_freed_memory()
-    peak = CudaPeak(device) if device.startswith("cuda") else CpuPeak()
-    with peak:
-        list(run_on_video(model, video[:warmup], warmup))
-        timers = _part_timers(model, device)
-        synchronize(device)
-        start = time.perf_counter()
-        outputs = list(run_on_video(model, video, len(video)))
-        synchronize(device)
-        seconds = time.perf_counter() - start
+    if memory:
+        release_freed_memory()
+        with CudaPeak(device) if device.startswith("cuda") else CpuPeak() as peak:
+            list(run_on_video(model, video[:warmup], warmup))
+            list(run_on_video(model, video, len(video)))
+        return {"peak_MiB": peak.peak_bytes / 2**20}
+    list(run_on_video(model, video[:warmup], warmup))
+    timers = _part_timers(model, device)
+    synchronize(device)
+    start = time.perf_counter()
+    outputs = list(run_on_video(model, video, len(video)))
+    synchronize(device)
+    seconds = time.perf_counter() - start
     assert len(outputs) == len(video)
     return {
         "config": path,
         "s_per_frame": seconds / len(video),
         "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-        "peak_MiB": peak.peak_bytes / 2**20,
         "parts_s_per_frame": {k: t.seconds / len(video) for k, t in timers.items()},
         "key_frame_interval": cfg.MODEL.VIDEO.KEY_FRAME_INTERVAL,
     }
@@ -101,9 +106,8 @@ def main():
     args = parser.parse_args()
     runs = []
     for path in [args.baseline, *args.methods]:
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            job = (path, args.frames, args.size, args.warmup, args.device, args.threads)
-            runs.append(pool.apply(_measure, job))
+        job = (path, args.frames, args.size, args.warmup, args.device, args.threads)
+        runs.append({**in_fresh_process(_measure, *job), **in_fresh_process(_measure, *job, True)})
     base, runs = runs[0], runs[1:]
     threads = args.threads or torch.get_num_threads()
     print(

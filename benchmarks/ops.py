@@ -25,7 +25,7 @@ import sys
 import time
 
 import torch
-from _memory import CpuPeak, CudaPeak, release_freed_memory
+from _memory import CpuPeak, CudaPeak, in_fresh_process, release_freed_memory
 
 from vod_d2.layers import (
     _ext,
@@ -54,13 +54,18 @@ def _run(fn, inputs, backward, grad_output):
     return None
 
 
-def measure(fn, make_inputs, backward, device, repeats):
-    """(median seconds, peak bytes) of fn(*inputs) [+ backward]."""
+def _prepare(fn, make_inputs, backward):
     inputs = make_inputs()
     if backward:
         inputs = [t.requires_grad_() if t.is_floating_point() else t for t in inputs]
     with torch.no_grad():
         grad_output = torch.randn_like(fn(*inputs)) if backward else None
+    return inputs, grad_output
+
+
+def measure_time(fn, make_inputs, backward, device, repeats):
+    """Median seconds of fn(*inputs) [+ backward], after a warm-up run."""
+    inputs, grad_output = _prepare(fn, make_inputs, backward)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     _run(fn, inputs, backward, grad_output)  # warm-up
     times = []
@@ -72,11 +77,18 @@ def measure(fn, make_inputs, backward, device, repeats):
         _run(fn, inputs, backward, grad_output)
         sync()
         times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_peak(fn, make_inputs, backward, device):
+    """Peak bytes that fn(*inputs) [+ backward] adds (CPU: after release_freed_memory())."""
+    inputs, grad_output = _prepare(fn, make_inputs, backward)
+    _run(fn, inputs, backward, grad_output)  # warm-up
     for t in inputs:
         t.grad = None
     with CudaPeak() if device == "cuda" else CpuPeak() as peak:
         _run(fn, inputs, backward, grad_output)
-    return statistics.median(times), peak.peak_bytes
+    return peak.peak_bytes
 
 
 def cases(device, dtype=torch.float32):
@@ -166,6 +178,18 @@ def cases(device, dtype=torch.float32):
     )
 
 
+def _peaks(devices, only):
+    """(kernel, reference) peak bytes of every case and pass, in the order main() prints them."""
+    release_freed_memory()
+    return [
+        tuple(measure_peak(f, make_inputs, backward, device) for f in (kernel, reference))
+        for device in devices
+        for name, make_inputs, kernel, reference in cases(device)
+        if only in name
+        for backward in (False, True)
+    ]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all")
@@ -173,7 +197,6 @@ def main():
     parser.add_argument("--quick", action="store_true", help="one timed run per measurement")
     parser.add_argument("--only", default="", help="run only the ops whose name contains this")
     args = parser.parse_args()
-    release_freed_memory()
     if not _ext.extension_available():
         sys.exit("vod_d2._C is not built: pip install --no-build-isolation -e .")
     devices = ["cpu"] if args.device in ("cpu", "all") else []
@@ -192,21 +215,29 @@ def main():
     )
     print(header)
     print("-" * len(header))
-    for device in devices:
+    # Peaks in a process of their own (release_freed_memory() would slow down the allocations
+    # timed here).
+    peaks = in_fresh_process(_peaks, devices, args.only)
+    rows = [
+        (device, name, backward)
+        for device in devices
+        for name, _, _, _ in cases(device)
+        if args.only in name
+        for backward in (False, True)
+    ]
+    for (device, name, backward), (k_mem, r_mem) in zip(rows, peaks):
         repeats = args.repeats or (1 if args.quick else (3 if device == "cpu" else 20))
-        for name, make_inputs, kernel, reference in cases(device):
-            if args.only not in name:
-                continue
-            for backward in (False, True):
-                k_time, k_mem = measure(kernel, make_inputs, backward, device, repeats)
-                r_time, r_mem = measure(reference, make_inputs, backward, device, repeats)
-                ratio = f"{k_mem / r_mem:9.3f}" if r_mem > 0 else f"{'n/a':>9}"
-                print(
-                    f"{device:6} {name:44} {'fwd+bwd' if backward else 'forward':8}"
-                    f" {k_time * 1e3:10.1f} {r_time * 1e3:10.1f} {r_time / k_time:7.1f}x"
-                    f" {k_mem / MIB:11.1f} {r_mem / MIB:9.1f} {ratio}",
-                    flush=True,
-                )
+        _, make_inputs, kernel, reference = next(c for c in cases(device) if c[0] == name)
+        k_time, r_time = (
+            measure_time(f, make_inputs, backward, device, repeats) for f in (kernel, reference)
+        )
+        ratio = f"{k_mem / r_mem:9.3f}" if r_mem > 0 else f"{'n/a':>9}"
+        print(
+            f"{device:6} {name:44} {'fwd+bwd' if backward else 'forward':8}"
+            f" {k_time * 1e3:10.1f} {r_time * 1e3:10.1f} {r_time / k_time:7.1f}x"
+            f" {k_mem / MIB:11.1f} {r_mem / MIB:9.1f} {ratio}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -24,11 +24,10 @@ only, 14.4 with both (6 support frames); 17.7 fps at 2 support frames (Fig. 5).
 
 import argparse
 import json
-import multiprocessing
 import time
 
 import torch
-from _memory import CpuPeak, CudaPeak
+from _memory import CpuPeak, CudaPeak, in_fresh_process
 from _streaming import CallTimer, add_arguments, device_name, load_config, random_video, synchronize
 from detectron2.modeling import build_model
 
@@ -77,13 +76,6 @@ def measure(cfg, opts, size, frames, warmup, threads):
     }
 
 
-def _run_isolated(pool_args):
-    """Each measurement in a fresh process: its peak memory is its own."""
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        return pool.apply(measure, pool_args)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument(
@@ -114,7 +106,7 @@ def main():
         "config": args.config_file,
         "size": list(args.size),
         "frames": args.frames,
-        "runs": {name: _run_isolated((cfg, opts, *common)) for name, opts in runs},
+        "runs": {name: in_fresh_process(measure, cfg, opts, *common) for name, opts in runs},
     }
 
     base = results["runs"]["Sparse R-CNN"]

@@ -13,11 +13,10 @@ against the first config (the baseline), parameters and the peak memory the stre
 
 import argparse
 import json
-import multiprocessing
 import time
 
 import torch
-from _memory import CpuPeak, CudaPeak, release_freed_memory
+from _memory import CpuPeak, CudaPeak, in_fresh_process, release_freed_memory
 from _streaming import device_name, random_video, synchronize
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -45,8 +44,11 @@ def config_path(method: str, synthetic: bool) -> str:
     return f"configs/synthetic/{small}.yaml" if synthetic else f"configs/{paper}.yaml"
 
 
-def measure(path, frames, size, warmup, device, threads):
-    """One model's figures (run in a process of its own, so that peak memories do not mix)."""
+def measure(path, frames, size, warmup, device, threads, memory=False):
+    """
+    One model's time per frame, or with ``memory`` the peak memory its streaming adds (each in
+    a process of its own: release_freed_memory() would slow down the allocations timed).
+    """
     if threads:
         torch.set_num_threads(threads)
     cfg = get_cfg()
@@ -56,22 +58,24 @@ def measure(path, frames, size, warmup, device, threads):
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     video = random_video(frames, *size)
-    release_freed_memory()
-    peak = CudaPeak(device) if device.startswith("cuda") else CpuPeak()
-    with peak:
-        list(run_on_video(model, video[:warmup], warmup, video.__getitem__))
-        synchronize(device)
-        start = time.perf_counter()
-        outputs = list(run_on_video(model, video, len(video), video.__getitem__))
-        synchronize(device)
-        seconds = time.perf_counter() - start
+    if memory:
+        release_freed_memory()
+        with CudaPeak(device) if device.startswith("cuda") else CpuPeak() as peak:
+            list(run_on_video(model, video[:warmup], warmup, video.__getitem__))
+            list(run_on_video(model, video, len(video), video.__getitem__))
+        return {"peak_MiB": peak.peak_bytes / 2**20}
+    list(run_on_video(model, video[:warmup], warmup, video.__getitem__))
+    synchronize(device)
+    start = time.perf_counter()
+    outputs = list(run_on_video(model, video, len(video), video.__getitem__))
+    synchronize(device)
+    seconds = time.perf_counter() - start
     assert len(outputs) == len(video)
     return {
         "config": path,
         "s_per_frame": seconds / len(video),
         "fps": len(video) / seconds,
         "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-        "peak_MiB": peak.peak_bytes / 2**20,
     }
 
 
@@ -88,9 +92,12 @@ def main():
     args = parser.parse_args()
     runs = {}
     for method in args.methods:
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            job = (config_path(method, args.synthetic), args.frames, args.size, args.warmup)
-            runs[method] = pool.apply(measure, (*job, args.device, args.threads))
+        job = (config_path(method, args.synthetic), args.frames, args.size, args.warmup)
+        job += (args.device, args.threads)
+        runs[method] = {
+            **in_fresh_process(measure, *job),
+            **in_fresh_process(measure, *job, True),
+        }
     threads = args.threads or torch.get_num_threads()
     print(
         f"{device_name(args.device)}, {threads} threads, a {args.frames}-frame video of "

@@ -21,11 +21,10 @@ a time).
 
 import argparse
 import json
-import multiprocessing
 import time
 
 import torch
-from _memory import CpuPeak, CudaPeak
+from _memory import CpuPeak, CudaPeak, in_fresh_process
 from _streaming import CallTimer, add_arguments, device_name, load_config, random_video, synchronize
 from detectron2.modeling import build_model
 
@@ -73,13 +72,6 @@ def measure(cfg, opts, size, frames, warmup, threads):
     }
 
 
-def _run_isolated(pool_args):
-    """Each measurement in a fresh process: its peak memory is its own."""
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        return pool.apply(measure, pool_args)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--k", type=int, nargs="+", default=(1, 4, 13), help="STSN windows K")
@@ -107,7 +99,7 @@ def main():
         "size": list(args.size),
         "frames": args.frames,
         "pairs_per_pass": cfg.MODEL.STSN.PAIRS_PER_PASS,
-        "runs": {name: _run_isolated((cfg, opts, *common)) for name, opts in runs},
+        "runs": {name: in_fresh_process(measure, cfg, opts, *common) for name, opts in runs},
     }
 
     base = results["runs"]["SSN"]

@@ -1,10 +1,11 @@
 // CPU primitives of deformable similarity sampling (see deform_sampling.h).
 //
 // The bilinear coefficients of the N x H x W sampling locations are computed once per call (they
-// do not depend on the channel). Gather and scatter then run over blocks of (image, channel)
-// planes, so every thread owns the output planes it writes (no atomics) and one pass over the
-// coefficients serves a whole block of channels. Correlate runs over blocks of positions of one
-// sampling point and streams over the channels, its sums kept in local arrays.
+// do not depend on the channel). Gather and correlate read the maps channels-last, (B, H * W, C):
+// the four corners of a sampling location are then four contiguous rows of C values, and the
+// loops over channels vectorise. Both run over blocks of output positions, so every thread owns
+// the outputs it writes (no atomics). Scatter, the transpose of gather, writes to the corners: it
+// runs over blocks of (image, channel) planes instead, so that each thread owns its planes.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
@@ -63,13 +64,89 @@ inline const BilinearSample<acc_t>* coefficients_of(
   return coefficients.data() + ((grid.shared ? 0 : b) * grid.num_points + n) * hw;
 }
 
-template <typename scalar_t, typename acc_t>
-inline acc_t interpolate(const scalar_t* plane, const BilinearSample<acc_t>& s) {
-  return s.weight[0] * static_cast<acc_t>(plane[s.index[0]]) +
-         s.weight[1] * static_cast<acc_t>(plane[s.index[1]]) +
-         s.weight[2] * static_cast<acc_t>(plane[s.index[2]]) +
-         s.weight[3] * static_cast<acc_t>(plane[s.index[3]]);
+// Channels-last rows of C values are laid out with a leading dimension of C + kRowPadding: for
+// C a power of two, strides of exactly C would map the rows of a tile onto the same cache sets.
+constexpr int64_t kRowPadding = 16;
+constexpr int64_t kTile = 32;
+
+inline int64_t row_stride(int64_t channels) {
+  return channels + kRowPadding;
 }
+
+// rows[b, p, c] (leading dimension row_stride(C)) = planes[b, c, p], for (B, C, HW) planes.
+template <typename src_t, typename dst_t>
+void planes_to_rows(const src_t* planes, dst_t* rows, int64_t batch, int64_t channels,
+                    int64_t hw) {
+  const int64_t ld = row_stride(channels);
+  const int64_t tiles = (hw + kTile - 1) / kTile;
+  at::parallel_for(0, batch * tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / tiles;
+      const int64_t p0 = (task % tiles) * kTile;
+      const int64_t p1 = std::min(hw, p0 + kTile);
+      for (int64_t c0 = 0; c0 < channels; c0 += kTile) {
+        const int64_t c1 = std::min(channels, c0 + kTile);
+        for (int64_t p = p0; p < p1; ++p) {
+          dst_t* row = rows + (b * hw + p) * ld;
+          const src_t* column = planes + b * channels * hw + p;
+          for (int64_t c = c0; c < c1; ++c) {
+            row[c] = static_cast<dst_t>(column[c * hw]);
+          }
+        }
+      }
+    }
+  });
+}
+
+// planes[b, c, p] = rows[b, p, c]: the inverse of planes_to_rows.
+template <typename src_t, typename dst_t>
+void rows_to_planes(const src_t* rows, dst_t* planes, int64_t batch, int64_t channels,
+                    int64_t hw) {
+  const int64_t ld = row_stride(channels);
+  const int64_t tiles = (channels + kTile - 1) / kTile;
+  at::parallel_for(0, batch * tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / tiles;
+      const int64_t c0 = (task % tiles) * kTile;
+      const int64_t c1 = std::min(channels, c0 + kTile);
+      for (int64_t p0 = 0; p0 < hw; p0 += kTile) {
+        const int64_t p1 = std::min(hw, p0 + kTile);
+        for (int64_t c = c0; c < c1; ++c) {
+          dst_t* plane = planes + (b * channels + c) * hw;
+          const src_t* column = rows + b * hw * ld + c;
+          for (int64_t p = p0; p < p1; ++p) {
+            plane[p] = static_cast<dst_t>(column[p * ld]);
+          }
+        }
+      }
+    }
+  });
+}
+
+// A contiguous (B, C, H, W) map as (B, H * W, row_stride(C)) rows.
+template <typename scalar_t>
+at::Tensor channels_last_rows(const at::Tensor& x) {
+  const int64_t hw = x.size(2) * x.size(3);
+  auto rows = at::empty({x.size(0), hw, row_stride(x.size(1))}, x.options());
+  planes_to_rows(x.data_ptr<scalar_t>(), rows.data_ptr<scalar_t>(), x.size(0), x.size(1), hw);
+  return rows;
+}
+
+// Accumulators of a sum over channels, kLanes independent partial sums so that the loop over
+// channels vectorises; total() adds the lanes.
+constexpr int64_t kLanes = 8;
+
+template <typename acc_t>
+struct LaneSum {
+  acc_t lane[kLanes] = {};
+  acc_t total() const {
+    acc_t sum = 0;
+    for (int64_t k = 0; k < kLanes; ++k) {
+      sum += lane[k];
+    }
+    return sum;
+  }
+};
 
 }  // namespace
 
@@ -78,39 +155,51 @@ at::Tensor deform_gather_cpu(const at::Tensor& weights, const at::Tensor& featur
   const SamplingGrid grid = sampling_grid(features, offsets);
   const int64_t channels = features.size(1);
   const int64_t hw = grid.height * grid.width;
-  auto output = at::zeros(features.sizes(),
-                          features.options().dtype(at::toOpMathType(features.scalar_type())));
-  if (output.numel() == 0) {
-    return output;
+  const auto acc_options = features.options().dtype(at::toOpMathType(features.scalar_type()));
+  if (features.numel() == 0) {
+    return at::zeros(features.sizes(), acc_options);
   }
+  auto output = at::empty(features.sizes(), acc_options);
+  const int64_t ld = row_stride(channels);
+  auto rows = at::empty({grid.batch, hw, ld}, acc_options);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, features.scalar_type(), "deform_gather_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const auto coefficients =
             sampling_coefficients<acc_t>(offsets.data_ptr<acc_t>(), grid);
+        const at::Tensor feature_rows = channels_last_rows<scalar_t>(features);
         const scalar_t* weight_data = weights.data_ptr<scalar_t>();
-        const scalar_t* feature_data = features.data_ptr<scalar_t>();
-        acc_t* output_data = output.data_ptr<acc_t>();
-        const int64_t channel_blocks = (channels + kChannelBlock - 1) / kChannelBlock;
-        at::parallel_for(0, grid.batch * channel_blocks, 1, [&](int64_t begin, int64_t end) {
+        const scalar_t* feature_data = feature_rows.data_ptr<scalar_t>();
+        acc_t* row_data = rows.data_ptr<acc_t>();
+        const int64_t blocks = (hw + kPositionBlock - 1) / kPositionBlock;
+        at::parallel_for(0, grid.batch * blocks, 1, [&](int64_t begin, int64_t end) {
           for (int64_t task = begin; task < end; ++task) {
-            const int64_t b = task / channel_blocks;
-            const int64_t c0 = (task % channel_blocks) * kChannelBlock;
-            const int64_t count = std::min(kChannelBlock, channels - c0);
-            const scalar_t* planes = feature_data + (b * channels + c0) * hw;
-            acc_t* out = output_data + (b * channels + c0) * hw;
-            for (int64_t n = 0; n < grid.num_points; ++n) {
-              const scalar_t* w = weight_data + (b * grid.num_points + n) * hw;
-              const BilinearSample<acc_t>* coef = coefficients_of(coefficients, grid, b, n);
-              for (int64_t p = 0; p < hw; ++p) {
-                const acc_t wp = static_cast<acc_t>(w[p]);
-                for (int64_t cc = 0; cc < count; ++cc) {
-                  out[cc * hw + p] += wp * interpolate(planes + cc * hw, coef[p]);
+            const int64_t b = task / blocks;
+            const int64_t start = (task % blocks) * kPositionBlock;
+            const int64_t stop = std::min(hw, start + kPositionBlock);
+            const scalar_t* map = feature_data + b * hw * ld;
+            for (int64_t p = start; p < stop; ++p) {
+              acc_t* __restrict__ out = row_data + (b * hw + p) * ld;
+              std::fill(out, out + channels, acc_t(0));
+              for (int64_t n = 0; n < grid.num_points; ++n) {
+                const acc_t wp =
+                    static_cast<acc_t>(weight_data[(b * grid.num_points + n) * hw + p]);
+                const BilinearSample<acc_t>& s = coefficients_of(coefficients, grid, b, n)[p];
+                const scalar_t* __restrict__ f0 = map + s.index[0] * ld;
+                const scalar_t* __restrict__ f1 = map + s.index[1] * ld;
+                const scalar_t* __restrict__ f2 = map + s.index[2] * ld;
+                const scalar_t* __restrict__ f3 = map + s.index[3] * ld;
+                for (int64_t c = 0; c < channels; ++c) {
+                  out[c] += wp * (s.weight[0] * static_cast<acc_t>(f0[c]) +
+                                  s.weight[1] * static_cast<acc_t>(f1[c]) +
+                                  s.weight[2] * static_cast<acc_t>(f2[c]) +
+                                  s.weight[3] * static_cast<acc_t>(f3[c]));
                 }
               }
             }
           }
         });
+        rows_to_planes(row_data, output.data_ptr<acc_t>(), grid.batch, channels, hw);
       });
   return output;
 }
@@ -184,59 +273,61 @@ std::tuple<at::Tensor, at::Tensor> deform_correlate_cpu(const at::Tensor& x,
         using acc_t = at::opmath_type<scalar_t>;
         const auto coefficients =
             sampling_coefficients<acc_t>(offsets.data_ptr<acc_t>(), grid);
-        const scalar_t* x_data = x.data_ptr<scalar_t>();
-        const scalar_t* feature_data = features.data_ptr<scalar_t>();
+        const at::Tensor x_rows = channels_last_rows<scalar_t>(x);
+        const at::Tensor feature_rows = channels_last_rows<scalar_t>(features);
+        const scalar_t* x_data = x_rows.data_ptr<scalar_t>();
+        const scalar_t* feature_data = feature_rows.data_ptr<scalar_t>();
         const scalar_t* coef_data = with_offset_grad ? coef.data_ptr<scalar_t>() : nullptr;
         acc_t* corr_data = correlation.data_ptr<acc_t>();
         acc_t* grad_data = with_offset_grad ? offset_grad.data_ptr<acc_t>() : nullptr;
         const int64_t blocks = (hw + kPositionBlock - 1) / kPositionBlock;
-        at::parallel_for(
-            0, grid.batch * grid.num_points * blocks, 1, [&](int64_t begin, int64_t end) {
-              acc_t corr[kPositionBlock];
-              acc_t grad_y[kPositionBlock];
-              acc_t grad_x[kPositionBlock];
-              for (int64_t task = begin; task < end; ++task) {
-                const int64_t bn = task / blocks;
-                const int64_t b = bn / grid.num_points;
-                const int64_t n = bn % grid.num_points;
-                const int64_t start = (task % blocks) * kPositionBlock;
-                const int64_t count = std::min(kPositionBlock, hw - start);
-                const BilinearSample<acc_t>* cf = coefficients_of(coefficients, grid, b, n) + start;
-                std::fill(corr, corr + count, acc_t(0));
-                std::fill(grad_y, grad_y + count, acc_t(0));
-                std::fill(grad_x, grad_x + count, acc_t(0));
-                for (int64_t c = 0; c < channels; ++c) {
-                  const scalar_t* xc = x_data + (b * channels + c) * hw + start;
-                  const scalar_t* plane = feature_data + (b * channels + c) * hw;
-                  for (int64_t i = 0; i < count; ++i) {
-                    const BilinearSample<acc_t>& s = cf[i];
-                    const acc_t xv = static_cast<acc_t>(xc[i]);
-                    const acc_t f0 = static_cast<acc_t>(plane[s.index[0]]);
-                    const acc_t f1 = static_cast<acc_t>(plane[s.index[1]]);
-                    const acc_t f2 = static_cast<acc_t>(plane[s.index[2]]);
-                    const acc_t f3 = static_cast<acc_t>(plane[s.index[3]]);
-                    corr[i] += xv * (s.weight[0] * f0 + s.weight[1] * f1 + s.weight[2] * f2 +
-                                     s.weight[3] * f3);
-                    if (with_offset_grad) {
-                      grad_y[i] += xv * (s.dweight_dy[0] * f0 + s.dweight_dy[1] * f1 +
-                                         s.dweight_dy[2] * f2 + s.dweight_dy[3] * f3);
-                      grad_x[i] += xv * (s.dweight_dx[0] * f0 + s.dweight_dx[1] * f1 +
-                                         s.dweight_dx[2] * f2 + s.dweight_dx[3] * f3);
+        const int64_t body = channels - channels % kLanes;
+        const int64_t ld = row_stride(channels);
+        at::parallel_for(0, grid.batch * blocks, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t task = begin; task < end; ++task) {
+            const int64_t b = task / blocks;
+            const int64_t start = (task % blocks) * kPositionBlock;
+            const int64_t stop = std::min(hw, start + kPositionBlock);
+            const scalar_t* map = feature_data + b * hw * ld;
+            for (int64_t p = start; p < stop; ++p) {
+              const scalar_t* __restrict__ xp = x_data + (b * hw + p) * ld;
+              for (int64_t n = 0; n < grid.num_points; ++n) {
+                const int64_t bn = b * grid.num_points + n;
+                const BilinearSample<acc_t>& s = coefficients_of(coefficients, grid, b, n)[p];
+                const scalar_t* __restrict__ f[4] = {map + s.index[0] * ld, map + s.index[1] * ld,
+                                                     map + s.index[2] * ld, map + s.index[3] * ld};
+                // sum_c x[c] * sum_i a[i] * f_i[c], for a the weights and their derivatives.
+                auto correlate = [&](const acc_t* a) {
+                  LaneSum<acc_t> sum;
+                  for (int64_t c0 = 0; c0 < body; c0 += kLanes) {
+                    for (int64_t k = 0; k < kLanes; ++k) {
+                      const int64_t c = c0 + k;
+                      sum.lane[k] += static_cast<acc_t>(xp[c]) *
+                                     (a[0] * static_cast<acc_t>(f[0][c]) +
+                                      a[1] * static_cast<acc_t>(f[1][c]) +
+                                      a[2] * static_cast<acc_t>(f[2][c]) +
+                                      a[3] * static_cast<acc_t>(f[3][c]));
                     }
                   }
-                }
-                std::copy(corr, corr + count, corr_data + bn * hw + start);
-                if (with_offset_grad) {
-                  const scalar_t* cb = coef_data + bn * hw + start;
-                  acc_t* gy = grad_data + bn * 2 * hw + start;
-                  acc_t* gx = gy + hw;
-                  for (int64_t i = 0; i < count; ++i) {
-                    gy[i] = static_cast<acc_t>(cb[i]) * grad_y[i];
-                    gx[i] = static_cast<acc_t>(cb[i]) * grad_x[i];
+                  for (int64_t c = body; c < channels; ++c) {
+                    sum.lane[0] += static_cast<acc_t>(xp[c]) *
+                                   (a[0] * static_cast<acc_t>(f[0][c]) +
+                                    a[1] * static_cast<acc_t>(f[1][c]) +
+                                    a[2] * static_cast<acc_t>(f[2][c]) +
+                                    a[3] * static_cast<acc_t>(f[3][c]));
                   }
+                  return sum.total();
+                };
+                corr_data[bn * hw + p] = correlate(s.weight);
+                if (with_offset_grad) {
+                  const acc_t cb = static_cast<acc_t>(coef_data[bn * hw + p]);
+                  grad_data[bn * 2 * hw + p] = cb * correlate(s.dweight_dy);
+                  grad_data[(bn * 2 + 1) * hw + p] = cb * correlate(s.dweight_dx);
                 }
               }
-            });
+            }
+          }
+        });
       });
   return {correlation, offset_grad};
 }
