@@ -73,49 +73,24 @@ inline int64_t row_stride(int64_t channels) {
   return channels + kRowPadding;
 }
 
-// rows[b, p, c] (leading dimension row_stride(C)) = planes[b, c, p], for (B, C, HW) planes.
+// dst[b][j * dst_ld + i] = src[b][i * src_ld + j] for i < rows, j < cols: a batch of transposes,
+// in tiles that fit the cache, each written along i (contiguous).
 template <typename src_t, typename dst_t>
-void planes_to_rows(const src_t* planes, dst_t* rows, int64_t batch, int64_t channels,
-                    int64_t hw) {
-  const int64_t ld = row_stride(channels);
-  const int64_t tiles = (hw + kTile - 1) / kTile;
+void transpose(const src_t* src, int64_t src_ld, dst_t* dst, int64_t dst_ld, int64_t batch,
+               int64_t rows, int64_t cols) {
+  const int64_t tiles = (cols + kTile - 1) / kTile;
   at::parallel_for(0, batch * tiles, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / tiles;
-      const int64_t p0 = (task % tiles) * kTile;
-      const int64_t p1 = std::min(hw, p0 + kTile);
-      for (int64_t c0 = 0; c0 < channels; c0 += kTile) {
-        const int64_t c1 = std::min(channels, c0 + kTile);
-        for (int64_t p = p0; p < p1; ++p) {
-          dst_t* row = rows + (b * hw + p) * ld;
-          const src_t* column = planes + b * channels * hw + p;
-          for (int64_t c = c0; c < c1; ++c) {
-            row[c] = static_cast<dst_t>(column[c * hw]);
-          }
-        }
-      }
-    }
-  });
-}
-
-// planes[b, c, p] = rows[b, p, c]: the inverse of planes_to_rows.
-template <typename src_t, typename dst_t>
-void rows_to_planes(const src_t* rows, dst_t* planes, int64_t batch, int64_t channels,
-                    int64_t hw) {
-  const int64_t ld = row_stride(channels);
-  const int64_t tiles = (channels + kTile - 1) / kTile;
-  at::parallel_for(0, batch * tiles, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / tiles;
-      const int64_t c0 = (task % tiles) * kTile;
-      const int64_t c1 = std::min(channels, c0 + kTile);
-      for (int64_t p0 = 0; p0 < hw; p0 += kTile) {
-        const int64_t p1 = std::min(hw, p0 + kTile);
-        for (int64_t c = c0; c < c1; ++c) {
-          dst_t* plane = planes + (b * channels + c) * hw;
-          const src_t* column = rows + b * hw * ld + c;
-          for (int64_t p = p0; p < p1; ++p) {
-            plane[p] = static_cast<dst_t>(column[p * ld]);
+      const int64_t j0 = (task % tiles) * kTile;
+      const int64_t j1 = std::min(cols, j0 + kTile);
+      const src_t* s = src + b * rows * src_ld;
+      dst_t* d = dst + b * cols * dst_ld;
+      for (int64_t i0 = 0; i0 < rows; i0 += kTile) {
+        const int64_t i1 = std::min(rows, i0 + kTile);
+        for (int64_t j = j0; j < j1; ++j) {
+          for (int64_t i = i0; i < i1; ++i) {
+            d[j * dst_ld + i] = static_cast<dst_t>(s[i * src_ld + j]);
           }
         }
       }
@@ -128,7 +103,8 @@ template <typename scalar_t>
 at::Tensor channels_last_rows(const at::Tensor& x) {
   const int64_t hw = x.size(2) * x.size(3);
   auto rows = at::empty({x.size(0), hw, row_stride(x.size(1))}, x.options());
-  planes_to_rows(x.data_ptr<scalar_t>(), rows.data_ptr<scalar_t>(), x.size(0), x.size(1), hw);
+  transpose(x.data_ptr<scalar_t>(), hw, rows.data_ptr<scalar_t>(), row_stride(x.size(1)),
+            x.size(0), x.size(1), hw);
   return rows;
 }
 
@@ -199,7 +175,7 @@ at::Tensor deform_gather_cpu(const at::Tensor& weights, const at::Tensor& featur
             }
           }
         });
-        rows_to_planes(row_data, output.data_ptr<acc_t>(), grid.batch, channels, hw);
+        transpose(row_data, ld, output.data_ptr<acc_t>(), hw, grid.batch, hw, channels);
       });
   return output;
 }
