@@ -88,12 +88,12 @@ def held_bytes(model):
     """
     Bytes of the tensors the model holds for later detections of the current video: the
     streaming core's cached payloads plus the STMN stream's state, and the core's pending
-    (preprocessed) frames.
+    frames (their input images).
     """
     video = model._video  # the streaming core's per-video state (benchmark introspection)
     tensors = [t for payload in video.cache.values() for t in payload.values()]
     tensors += model.temporal_aggregation._stream.held_tensors()
-    images = [p.images.tensor for p in video.pending.values()]
+    images = [p.image for p in video.pending.values()]
 
     def size(group):
         return sum(t.numel() * t.element_size() for t in {id(t): t for t in group}.values())

@@ -47,9 +47,13 @@ FrameResult = Tuple[Dict, Dict[str, Instances]]
 
 @dataclass
 class _Pending:
+    """A frame waiting for its detection: its metadata, its FrameInfo and its input image,
+    (C, H, W) as given (uint8 from the loaders: 4x smaller than the normalised float input,
+    which preprocess_image computes again at detection)."""
+
     meta: Dict
     frame: FrameInfo
-    images: ImageList
+    image: torch.Tensor
 
 
 @dataclass
@@ -219,16 +223,15 @@ class VideoDetector(nn.Module):
             # Containers' frame counts can be estimates: plan the rest as of unknown length.
             logger.warning(f"frame {index} is beyond the announced video length {video.length}")
             video.length = None
-        images = self.preprocess_image([frame])
         if index in video.primed:
             info = video.frames[index]
         else:
             info = FrameInfo(index, video.length, self.frame_kind(index, video.length))
-            video.cache[index] = self.encode(images, [info])
+            video.cache[index] = self.encode(self.preprocess_image([frame]), [info])
             video.frames[index] = info
         video.plan.observe(info)
         video.pending[index] = _Pending(
-            {k: v for k, v in frame.items() if k != "image"}, info, images
+            {k: v for k, v in frame.items() if k != "image"}, info, frame["image"]
         )
         video.num_seen += 1
         return self._detect_ready(final=False)
@@ -312,15 +315,16 @@ class VideoDetector(nn.Module):
             if any(i >= video.num_seen and i not in video.primed for i in indices):
                 break
             pending = video.pending.pop(t)
+            images = self.preprocess_image([{"image": pending.image}])
             instances = self.detect(
                 video.cache[t],
                 [video.cache[i] for i in indices],
                 pending.frame,
                 [video.frames[i] for i in indices],
-                pending.images,
+                images,
             )
-            height = pending.meta.get("height", pending.images.image_sizes[0][0])
-            width = pending.meta.get("width", pending.images.image_sizes[0][1])
+            height = pending.meta.get("height", images.image_sizes[0][0])
+            width = pending.meta.get("width", images.image_sizes[0][1])
             done.append(
                 (pending.meta, {"instances": detector_postprocess(instances, height, width)})
             )
