@@ -3,7 +3,7 @@ Speed of the key-frame methods (LSTS, Impression Network, DFF) against the per-f
 
 Every model is built from its config (ResNet-101 R-FCN by default, random weights: only cost is
 measured) and streams the same random video through the test API, once to warm up and once
-timed, in one process. Printed per model: time per frame, the ratio to the per-frame baseline,
+timed; its peak memory is measured in a second process. Printed per model: time per frame, the ratio to the per-frame baseline,
 parameters, and the peak memory the streaming adds. Each model's parts are timed too: the
 heavy path (the feature network on key frames), the light path and the key-frame module, so
 that Impression's measured cost can be set against the paper's estimate

@@ -4,7 +4,7 @@ Streaming speed of every method: frames per second, parameters and peak memory, 
 Each config is built (random weights: only cost is measured) and streams the same random video
 of ``--frames`` frames through the test API, batch 1 (:func:`vod_d2.engine.run_on_video`, the
 video's length known, so that SparseVOD prefetches its support frames), after a warm-up
-video, each model in a process of its own. Printed: seconds and frames per second, the speed
+video, each model in a process of its own (and its peak memory in another). Printed: seconds and frames per second, the speed
 against the first config (the baseline), parameters and the peak memory the streaming adds.
 
     python benchmarks/speed.py                                   # paper configs, 600x1000
