@@ -124,6 +124,32 @@ struct LaneSum {
   }
 };
 
+// Channel c of a bilinear sample, sum_i a[i] * f_i[c], from the rows f_i of its 4 corners and
+// their coefficients a (the weights or their derivatives).
+template <typename scalar_t, typename acc_t>
+inline acc_t blend(const acc_t* a, const scalar_t* f0, const scalar_t* f1, const scalar_t* f2,
+                   const scalar_t* f3, int64_t c) {
+  return a[0] * static_cast<acc_t>(f0[c]) + a[1] * static_cast<acc_t>(f1[c]) +
+         a[2] * static_cast<acc_t>(f2[c]) + a[3] * static_cast<acc_t>(f3[c]);
+}
+
+// fn(b, p) for every image b and flat position p, in parallel over blocks of positions: each
+// output position belongs to one thread.
+template <typename Fn>
+void for_each_position(int64_t batch, int64_t hw, const Fn& fn) {
+  const int64_t blocks = (hw + kPositionBlock - 1) / kPositionBlock;
+  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / blocks;
+      const int64_t start = (task % blocks) * kPositionBlock;
+      const int64_t stop = std::min(hw, start + kPositionBlock);
+      for (int64_t p = start; p < stop; ++p) {
+        fn(b, p);
+      }
+    }
+  });
+}
+
 }  // namespace
 
 at::Tensor deform_gather_cpu(const at::Tensor& weights, const at::Tensor& features,
@@ -147,31 +173,20 @@ at::Tensor deform_gather_cpu(const at::Tensor& weights, const at::Tensor& featur
         const scalar_t* weight_data = weights.data_ptr<scalar_t>();
         const scalar_t* feature_data = feature_rows.data_ptr<scalar_t>();
         acc_t* row_data = rows.data_ptr<acc_t>();
-        const int64_t blocks = (hw + kPositionBlock - 1) / kPositionBlock;
-        at::parallel_for(0, grid.batch * blocks, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t task = begin; task < end; ++task) {
-            const int64_t b = task / blocks;
-            const int64_t start = (task % blocks) * kPositionBlock;
-            const int64_t stop = std::min(hw, start + kPositionBlock);
-            const scalar_t* map = feature_data + b * hw * ld;
-            for (int64_t p = start; p < stop; ++p) {
-              acc_t* __restrict__ out = row_data + (b * hw + p) * ld;
-              std::fill(out, out + channels, acc_t(0));
-              for (int64_t n = 0; n < grid.num_points; ++n) {
-                const acc_t wp =
-                    static_cast<acc_t>(weight_data[(b * grid.num_points + n) * hw + p]);
-                const BilinearSample<acc_t>& s = coefficients_of(coefficients, grid, b, n)[p];
-                const scalar_t* __restrict__ f0 = map + s.index[0] * ld;
-                const scalar_t* __restrict__ f1 = map + s.index[1] * ld;
-                const scalar_t* __restrict__ f2 = map + s.index[2] * ld;
-                const scalar_t* __restrict__ f3 = map + s.index[3] * ld;
-                for (int64_t c = 0; c < channels; ++c) {
-                  out[c] += wp * (s.weight[0] * static_cast<acc_t>(f0[c]) +
-                                  s.weight[1] * static_cast<acc_t>(f1[c]) +
-                                  s.weight[2] * static_cast<acc_t>(f2[c]) +
-                                  s.weight[3] * static_cast<acc_t>(f3[c]));
-                }
-              }
+        for_each_position(grid.batch, hw, [&](int64_t b, int64_t p) {
+          const scalar_t* map = feature_data + b * hw * ld;
+          acc_t* __restrict__ out = row_data + (b * hw + p) * ld;
+          std::fill(out, out + channels, acc_t(0));
+          for (int64_t n = 0; n < grid.num_points; ++n) {
+            const acc_t wp = static_cast<acc_t>(weight_data[(b * grid.num_points + n) * hw + p]);
+            const BilinearSample<acc_t>& s = coefficients_of(coefficients, grid, b, n)[p];
+            const scalar_t* __restrict__ f0 = map + s.index[0] * ld;
+            const scalar_t* __restrict__ f1 = map + s.index[1] * ld;
+            const scalar_t* __restrict__ f2 = map + s.index[2] * ld;
+            const scalar_t* __restrict__ f3 = map + s.index[3] * ld;
+            const acc_t w[4] = {s.weight[0], s.weight[1], s.weight[2], s.weight[3]};
+            for (int64_t c = 0; c < channels; ++c) {
+              out[c] += wp * blend(w, f0, f1, f2, f3, c);
             }
           }
         });
@@ -256,51 +271,36 @@ std::tuple<at::Tensor, at::Tensor> deform_correlate_cpu(const at::Tensor& x,
         const scalar_t* coef_data = with_offset_grad ? coef.data_ptr<scalar_t>() : nullptr;
         acc_t* corr_data = correlation.data_ptr<acc_t>();
         acc_t* grad_data = with_offset_grad ? offset_grad.data_ptr<acc_t>() : nullptr;
-        const int64_t blocks = (hw + kPositionBlock - 1) / kPositionBlock;
         const int64_t body = channels - channels % kLanes;
         const int64_t ld = row_stride(channels);
-        at::parallel_for(0, grid.batch * blocks, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t task = begin; task < end; ++task) {
-            const int64_t b = task / blocks;
-            const int64_t start = (task % blocks) * kPositionBlock;
-            const int64_t stop = std::min(hw, start + kPositionBlock);
-            const scalar_t* map = feature_data + b * hw * ld;
-            for (int64_t p = start; p < stop; ++p) {
-              const scalar_t* __restrict__ xp = x_data + (b * hw + p) * ld;
-              for (int64_t n = 0; n < grid.num_points; ++n) {
-                const int64_t bn = b * grid.num_points + n;
-                const BilinearSample<acc_t>& s = coefficients_of(coefficients, grid, b, n)[p];
-                const scalar_t* __restrict__ f[4] = {map + s.index[0] * ld, map + s.index[1] * ld,
-                                                     map + s.index[2] * ld, map + s.index[3] * ld};
-                // sum_c x[c] * sum_i a[i] * f_i[c], for a the weights and their derivatives.
-                auto correlate = [&](const acc_t* a) {
-                  LaneSum<acc_t> sum;
-                  for (int64_t c0 = 0; c0 < body; c0 += kLanes) {
-                    for (int64_t k = 0; k < kLanes; ++k) {
-                      const int64_t c = c0 + k;
-                      sum.lane[k] += static_cast<acc_t>(xp[c]) *
-                                     (a[0] * static_cast<acc_t>(f[0][c]) +
-                                      a[1] * static_cast<acc_t>(f[1][c]) +
-                                      a[2] * static_cast<acc_t>(f[2][c]) +
-                                      a[3] * static_cast<acc_t>(f[3][c]));
-                    }
-                  }
-                  for (int64_t c = body; c < channels; ++c) {
-                    sum.lane[0] += static_cast<acc_t>(xp[c]) *
-                                   (a[0] * static_cast<acc_t>(f[0][c]) +
-                                    a[1] * static_cast<acc_t>(f[1][c]) +
-                                    a[2] * static_cast<acc_t>(f[2][c]) +
-                                    a[3] * static_cast<acc_t>(f[3][c]));
-                  }
-                  return sum.total();
-                };
-                corr_data[bn * hw + p] = correlate(s.weight);
-                if (with_offset_grad) {
-                  const acc_t cb = static_cast<acc_t>(coef_data[bn * hw + p]);
-                  grad_data[bn * 2 * hw + p] = cb * correlate(s.dweight_dy);
-                  grad_data[(bn * 2 + 1) * hw + p] = cb * correlate(s.dweight_dx);
+        for_each_position(grid.batch, hw, [&](int64_t b, int64_t p) {
+          const scalar_t* map = feature_data + b * hw * ld;
+          const scalar_t* __restrict__ xp = x_data + (b * hw + p) * ld;
+          for (int64_t n = 0; n < grid.num_points; ++n) {
+            const int64_t bn = b * grid.num_points + n;
+            const BilinearSample<acc_t>& s = coefficients_of(coefficients, grid, b, n)[p];
+            const scalar_t* __restrict__ f0 = map + s.index[0] * ld;
+            const scalar_t* __restrict__ f1 = map + s.index[1] * ld;
+            const scalar_t* __restrict__ f2 = map + s.index[2] * ld;
+            const scalar_t* __restrict__ f3 = map + s.index[3] * ld;
+            // sum_c x[c] * blend(a, c), for a the weights or their derivatives.
+            auto correlate = [&](const acc_t* a) {
+              LaneSum<acc_t> sum;
+              for (int64_t c0 = 0; c0 < body; c0 += kLanes) {
+                for (int64_t k = 0; k < kLanes; ++k) {
+                  sum.lane[k] += static_cast<acc_t>(xp[c0 + k]) * blend(a, f0, f1, f2, f3, c0 + k);
                 }
               }
+              for (int64_t c = body; c < channels; ++c) {
+                sum.lane[0] += static_cast<acc_t>(xp[c]) * blend(a, f0, f1, f2, f3, c);
+              }
+              return sum.total();
+            };
+            corr_data[bn * hw + p] = correlate(s.weight);
+            if (with_offset_grad) {
+              const acc_t cb = static_cast<acc_t>(coef_data[bn * hw + p]);
+              grad_data[bn * 2 * hw + p] = cb * correlate(s.dweight_dy);
+              grad_data[(bn * 2 + 1) * hw + p] = cb * correlate(s.dweight_dx);
             }
           }
         });
