@@ -1,14 +1,18 @@
 """
-Shared pieces of the streaming-inference benchmarks: arguments, config, a random test video,
-device synchronisation and a per-call timer.
+Shared pieces of the streaming-inference benchmarks: arguments, config, a model with random
+weights, a random test video, device synchronisation, timed and peak-memory streams and a
+per-call timer.
 """
 
 import time
 
 import torch
+from _memory import CpuPeak, CudaPeak, release_freed_memory
 from detectron2.config import get_cfg
+from detectron2.modeling import build_model
 
 from vod_d2 import add_vod_config
+from vod_d2.engine import run_on_video
 
 
 def add_arguments(parser, default_config):
@@ -75,3 +79,42 @@ def random_video(num_frames, height, width, seed=0):
         }
         for t in range(num_frames)
     ]
+
+
+def build_random_model(path, device):
+    """(cfg, model) of the config file ``path`` on ``device``: random weights (seed 0), eval."""
+    cfg = get_cfg()
+    add_vod_config(cfg)
+    cfg.merge_from_file(path)
+    cfg.MODEL.DEVICE = device
+    torch.manual_seed(0)
+    return cfg, build_model(cfg).eval()
+
+
+def stream(model, video):
+    """Stream ``video`` (its length known) through the test API; its results, in frame order."""
+    outputs = list(run_on_video(model, video, len(video), video.__getitem__))
+    assert len(outputs) == len(video)
+    return outputs
+
+
+def seconds_per_frame(model, video, device):
+    """Wall time per frame of one stream of ``video`` (after the caller's warm-up)."""
+    synchronize(device)
+    start = time.perf_counter()
+    stream(model, video)
+    synchronize(device)
+    return (time.perf_counter() - start) / len(video)
+
+
+def streaming_peak_mib(model, video, warmup, device):
+    """
+    The peak memory (MiB) that streaming ``warmup`` frames, then ``video``, adds. It calls
+    release_freed_memory(), which slows down allocations: call it in a process that times
+    nothing (see ``_memory.in_fresh_process``).
+    """
+    release_freed_memory()
+    with CudaPeak(device) if device.startswith("cuda") else CpuPeak() as peak:
+        stream(model, video[:warmup])
+        stream(model, video)
+    return peak.peak_bytes / 2**20

@@ -3,10 +3,10 @@ Speed of the key-frame methods (LSTS, Impression Network, DFF) against the per-f
 
 Every model is built from its config (ResNet-101 R-FCN by default, random weights: only cost is
 measured) and streams the same random video through the test API, once to warm up and once
-timed; its peak memory is measured in a second process. Printed per model: time per frame, the ratio to the per-frame baseline,
-parameters, and the peak memory the streaming adds. Each model's parts are timed too: the
-heavy path (the feature network on key frames), the light path and the key-frame module, so
-that Impression's measured cost can be set against the paper's estimate
+timed; its peak memory is measured in a second process. Printed per model: time per frame,
+the ratio to the per-frame baseline, parameters, and the peak memory the streaming adds. Each
+model's parts are timed too: the heavy path (the feature network on key frames), the light path
+and the key-frame module, so that Impression's measured cost can be set against the paper's estimate
 ``r ~ O(F) / O(N_feat) + 1 / l`` (F the flow network, l the key-frame interval), here with
 measured times in place of O(.).
 
@@ -20,29 +20,25 @@ Network 50 ms against 156 ms per frame (3.1x, GTX 1060).
 
 import argparse
 import json
-import time
 
 import torch
-from _memory import CpuPeak, CudaPeak, in_fresh_process, release_freed_memory
-from _streaming import CallTimer, device_name, random_video, synchronize
+from _memory import in_fresh_process
+from _streaming import (
+    CallTimer,
+    build_random_model,
+    device_name,
+    random_video,
+    seconds_per_frame,
+    stream,
+    streaming_peak_mib,
+)
 from detectron2.config import get_cfg
-from detectron2.modeling import build_model
 
 from vod_d2 import add_vod_config
-from vod_d2.engine import run_on_video
 from vod_d2.modeling import KeyFrameRCNN
 
 BASELINE = "configs/single_frame_R101_RFCN.yaml"
 METHODS = ["configs/lsts_R101.yaml", "configs/impression_R101.yaml", "configs/dff_R101.yaml"]
-
-
-def _build(path, device):
-    cfg = get_cfg()
-    add_vod_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.MODEL.DEVICE = device
-    torch.manual_seed(0)
-    return cfg, build_model(cfg).eval()
 
 
 def _part_timers(model, device):
@@ -69,24 +65,15 @@ def _measure(path, frames, size, warmup, device, threads, memory=False):
     if threads:
         torch.set_num_threads(threads)
     video = random_video(frames, *size)
-    cfg, model = _build(path, device)
+    cfg, model = build_random_model(path, device)
     if memory:
-        release_freed_memory()
-        with CudaPeak(device) if device.startswith("cuda") else CpuPeak() as peak:
-            list(run_on_video(model, video[:warmup], warmup))
-            list(run_on_video(model, video, len(video)))
-        return {"peak_MiB": peak.peak_bytes / 2**20}
-    list(run_on_video(model, video[:warmup], warmup))
+        return {"peak_MiB": streaming_peak_mib(model, video, warmup, device)}
+    stream(model, video[:warmup])
     timers = _part_timers(model, device)
-    synchronize(device)
-    start = time.perf_counter()
-    outputs = list(run_on_video(model, video, len(video)))
-    synchronize(device)
-    seconds = time.perf_counter() - start
-    assert len(outputs) == len(video)
+    seconds = seconds_per_frame(model, video, device)
     return {
         "config": path,
-        "s_per_frame": seconds / len(video),
+        "s_per_frame": seconds,
         "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
         "parts_s_per_frame": {k: t.seconds / len(video) for k, t in timers.items()},
         "key_frame_interval": cfg.MODEL.VIDEO.KEY_FRAME_INTERVAL,

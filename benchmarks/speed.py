@@ -4,8 +4,9 @@ Streaming speed of every method: frames per second, parameters and peak memory, 
 Each config is built (random weights: only cost is measured) and streams the same random video
 of ``--frames`` frames through the test API, batch 1 (:func:`vod_d2.engine.run_on_video`, the
 video's length known, so that SparseVOD prefetches its support frames), after a warm-up
-video, each model in a process of its own (and its peak memory in another). Printed: seconds and frames per second, the speed
-against the first config (the baseline), parameters and the peak memory the streaming adds.
+video, each model in a process of its own (and its peak memory in another). Printed: seconds
+and frames per second, the speed against the first config (the baseline), parameters and the
+peak memory the streaming adds.
 
     python benchmarks/speed.py                                   # paper configs, 600x1000
     python benchmarks/speed.py --synthetic --size 128 160 --json speed.json   # the plot's
@@ -13,16 +14,17 @@ against the first config (the baseline), parameters and the peak memory the stre
 
 import argparse
 import json
-import time
 
 import torch
-from _memory import CpuPeak, CudaPeak, in_fresh_process, release_freed_memory
-from _streaming import device_name, random_video, synchronize
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
-
-from vod_d2 import add_vod_config
-from vod_d2.engine import run_on_video
+from _memory import in_fresh_process
+from _streaming import (
+    build_random_model,
+    device_name,
+    random_video,
+    seconds_per_frame,
+    stream,
+    streaming_peak_mib,
+)
 
 # method -> (paper config, synthetic config); the first is every table's baseline.
 METHODS = {
@@ -51,30 +53,16 @@ def measure(path, frames, size, warmup, device, threads, memory=False):
     """
     if threads:
         torch.set_num_threads(threads)
-    cfg = get_cfg()
-    add_vod_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.MODEL.DEVICE = device
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    _, model = build_random_model(path, device)
     video = random_video(frames, *size)
     if memory:
-        release_freed_memory()
-        with CudaPeak(device) if device.startswith("cuda") else CpuPeak() as peak:
-            list(run_on_video(model, video[:warmup], warmup, video.__getitem__))
-            list(run_on_video(model, video, len(video), video.__getitem__))
-        return {"peak_MiB": peak.peak_bytes / 2**20}
-    list(run_on_video(model, video[:warmup], warmup, video.__getitem__))
-    synchronize(device)
-    start = time.perf_counter()
-    outputs = list(run_on_video(model, video, len(video), video.__getitem__))
-    synchronize(device)
-    seconds = time.perf_counter() - start
-    assert len(outputs) == len(video)
+        return {"peak_MiB": streaming_peak_mib(model, video, warmup, device)}
+    stream(model, video[:warmup])
+    seconds = seconds_per_frame(model, video, device)
     return {
         "config": path,
-        "s_per_frame": seconds / len(video),
-        "fps": len(video) / seconds,
+        "s_per_frame": seconds,
+        "fps": 1 / seconds,
         "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
     }
 
