@@ -105,3 +105,32 @@ def evaluate_on_synthetic(cfg, model):
     cfg.DATASETS.TEST = ("synthetic_vid_val",)
     cfg.INPUT.MIN_SIZE_TEST = 64
     return VideoTrainer.test(cfg, model)["synthetic_vid_val"]["bbox"]
+
+
+def stmn_cfg(
+    cfg, aggregation="STMNAggregation", window=(2, 2), train_offsets=None, matchtrans=True, **stmn
+):
+    """
+    A clone of ``cfg`` with a tiny STMN: 8-channel memories, test window ``window``,
+    MatchTrans on or off, and with ``train_offsets`` training samples at those fixed offsets;
+    ``stmn`` sets other ``MODEL.STMN`` keys.
+    """
+    cfg = cfg.clone()
+    cfg.MODEL.VIDEO.AGGREGATION = aggregation
+    cfg.MODEL.VIDEO.TEST_WINDOW = window
+    cfg.MODEL.STMN.MEMORY_CHANNELS = 8
+    cfg.MODEL.STMN.MATCHTRANS.ENABLED = matchtrans
+    if train_offsets is not None:
+        cfg.INPUT.VIDEO.TRAIN_SAMPLING = "fixed"
+        cfg.INPUT.VIDEO.TRAIN_OFFSETS = train_offsets
+    for key, value in stmn.items():
+        setattr(cfg.MODEL.STMN, key, value)
+    return cfg
+
+
+def seeded_model(cfg, train=False):
+    """``build_model(cfg)`` with torch seeded to 0, in training or eval mode."""
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(0)
+    return build_model(cfg).train(train)

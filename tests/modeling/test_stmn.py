@@ -8,6 +8,8 @@ from _testing import (
     count_backbone_calls,
     evaluate_on_synthetic,
     random_video,
+    seeded_model,
+    stmn_cfg,
     trained_losses,
 )
 from detectron2.config import get_cfg
@@ -333,22 +335,6 @@ def test_bad_inputs_name_what_is_wrong():
 # ---------------------------------------------------------------- config and model
 
 
-def _stmn_cfg(cfg, aggregation="STMNAggregation", window=(2, 2), matchtrans=True, **stmn):
-    cfg = cfg.clone()
-    cfg.MODEL.VIDEO.AGGREGATION = aggregation
-    cfg.MODEL.VIDEO.TEST_WINDOW = window
-    cfg.MODEL.STMN.MEMORY_CHANNELS = 8
-    cfg.MODEL.STMN.MATCHTRANS.ENABLED = matchtrans
-    for key, value in stmn.items():
-        setattr(cfg.MODEL.STMN, key, value)
-    return cfg
-
-
-def _build(cfg):
-    torch.manual_seed(0)
-    return build_model(cfg).eval()
-
-
 @pytest.mark.parametrize("config_file", STMN_CONFIGS)
 def test_configs_build_stmn_with_heads_on_both_memories(config_file):
     cfg = get_cfg()
@@ -366,7 +352,7 @@ def test_configs_build_stmn_with_heads_on_both_memories(config_file):
 
 
 def test_config_switches_pick_the_ablations(tiny_cfg):
-    model = _build(_stmn_cfg(tiny_cfg, matchtrans=False, CELL="ConvGRU", BIDIRECTIONAL=False))
+    model = seeded_model(stmn_cfg(tiny_cfg, matchtrans=False, CELL="ConvGRU", BIDIRECTIONAL=False))
     module = model.temporal_aggregation
     assert type(module.forward_memory.cell) is ConvGRUCell
     assert module.forward_memory.aligner is None and module.backward_memory is None
@@ -374,7 +360,7 @@ def test_config_switches_pick_the_ablations(tiny_cfg):
 
 
 def test_backbone_runs_once_per_test_frame(tiny_cfg):
-    model = _build(_stmn_cfg(tiny_cfg, window=(3, 3)))
+    model = seeded_model(stmn_cfg(tiny_cfg, window=(3, 3)))
     calls = count_backbone_calls(model)
     done = list(run_on_video(model, random_video(8, seed=1)))
     assert calls == [1] * 8
@@ -382,7 +368,7 @@ def test_backbone_runs_once_per_test_frame(tiny_cfg):
 
 
 def test_each_test_frame_is_projected_once_per_direction(tiny_cfg):
-    model = _build(_stmn_cfg(tiny_cfg, window=(3, 3)))
+    model = seeded_model(stmn_cfg(tiny_cfg, window=(3, 3)))
     module = model.temporal_aggregation
     calls = []
     for direction in (module.forward_memory, module.backward_memory):
@@ -394,7 +380,7 @@ def test_each_test_frame_is_projected_once_per_direction(tiny_cfg):
 
 
 def test_memory_does_not_leak_into_the_next_video(tiny_cfg):
-    model = _build(_stmn_cfg(tiny_cfg))
+    model = seeded_model(stmn_cfg(tiny_cfg))
     first = [o["instances"] for o in model(random_video(5, seed=2))]
     model(random_video(6, seed=3))
     again = [o["instances"] for o in model(random_video(5, seed=2))]
@@ -405,7 +391,7 @@ def test_memory_does_not_leak_into_the_next_video(tiny_cfg):
 
 
 def test_training_step_reaches_every_memory_weight(tiny_cfg):
-    model = _build(_stmn_cfg(tiny_cfg)).train()
+    model = seeded_model(stmn_cfg(tiny_cfg)).train()
     frames = random_video(6, seed=4)
     batch = []
     for i, (ref, offsets) in enumerate([(frames[2], [-2, -1, 1, 2]), (frames[0], [0, 0, 1, 2])]):

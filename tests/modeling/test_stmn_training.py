@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from _testing import random_video
+from _testing import random_video, seeded_model, stmn_cfg
 from detectron2.data import get_detection_dataset_dicts
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
@@ -21,20 +21,7 @@ from vod_d2.modeling.temporal.stmn import STMNAggregation
 
 
 def _cfg(tiny_cfg, **stmn):
-    cfg = tiny_cfg.clone()
-    cfg.MODEL.VIDEO.AGGREGATION = "STMNAggregation"
-    cfg.MODEL.VIDEO.TEST_WINDOW = (2, 2)
-    cfg.MODEL.STMN.MEMORY_CHANNELS = 8
-    cfg.INPUT.VIDEO.TRAIN_SAMPLING = "fixed"
-    cfg.INPUT.VIDEO.TRAIN_OFFSETS = (-2, -1, 1, 2)
-    for key, value in stmn.items():
-        setattr(cfg.MODEL.STMN, key, value)
-    return cfg
-
-
-def _model(cfg):
-    torch.manual_seed(0)
-    return build_model(cfg).train()
+    return stmn_cfg(tiny_cfg, train_offsets=(-2, -1, 1, 2), **stmn)
 
 
 def _instances(label):
@@ -77,7 +64,7 @@ def _losses(model, batch):
 
 
 def test_per_frame_loss_puts_the_heads_on_every_annotated_frame(tiny_cfg):
-    model = _model(_cfg(tiny_cfg))
+    model = seeded_model(_cfg(tiny_cfg), train=True)
     calls = _heads_inputs(model)
     frames = random_video(6, seed=1)
     batch = [
@@ -93,7 +80,7 @@ def test_per_frame_loss_puts_the_heads_on_every_annotated_frame(tiny_cfg):
 
 
 def test_centre_only_switch_keeps_the_loss_on_the_references(tiny_cfg):
-    model = _model(_cfg(tiny_cfg, PER_FRAME_LOSS=False))
+    model = seeded_model(_cfg(tiny_cfg, PER_FRAME_LOSS=False), train=True)
     calls = _heads_inputs(model)
     frames = random_video(6, seed=1)
     _losses(model, [_sample(frames, 3, [-2, -1, 1, 2], [1, 2, 3, 4])])
@@ -101,7 +88,7 @@ def test_centre_only_switch_keeps_the_loss_on_the_references(tiny_cfg):
 
 
 def test_samples_without_support_annotations_train_their_references(tiny_cfg):
-    model = _model(_cfg(tiny_cfg))
+    model = seeded_model(_cfg(tiny_cfg), train=True)
     calls = _heads_inputs(model)
     frames = random_video(6, seed=1)
     sample = _sample(frames, 3, [-2, -1, 1, 2], [1, 2, 3, 4])
@@ -152,7 +139,7 @@ def test_a_det_image_batch_trains_every_parameter(tiny_cfg):
     # DET images: one-frame videos whose support frames are the image itself (all offsets 0),
     # so both memories have a one-frame sequence. DDP without find_unused_parameters needs a
     # gradient for every parameter in every iteration, U_z, U_r and U included.
-    model = _model(_cfg(tiny_cfg))
+    model = seeded_model(_cfg(tiny_cfg), train=True)
     frames = random_video(2, seed=2)
     batch = [
         _sample(frames[i : i + 1], 0, [0, 0, 0, 0], [0, 0, 0, 0], video_length=1) for i in range(2)

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
+from _testing import seeded_model, stmn_cfg
 from detectron2.config import get_cfg
-from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 
 from vod_d2 import add_vod_config
@@ -16,21 +16,8 @@ from vod_d2.modeling.temporal.weight_transfer import (
 DIRECTIONS = ("forward_memory", "backward_memory")
 
 
-def _stmn_cfg(cfg, aggregation="STMNAggregation", window=(2, 2), **stmn):
-    cfg = cfg.clone()
-    cfg.MODEL.VIDEO.AGGREGATION = aggregation
-    cfg.MODEL.VIDEO.TEST_WINDOW = window
-    cfg.MODEL.STMN.MEMORY_CHANNELS = 8
-    cfg.INPUT.VIDEO.TRAIN_SAMPLING = "fixed"
-    cfg.INPUT.VIDEO.TRAIN_OFFSETS = (-1, 1)
-    for key, value in stmn.items():
-        setattr(cfg.MODEL.STMN, key, value)
-    return cfg
-
-
-def _build(cfg):
-    torch.manual_seed(0)
-    return build_model(cfg).eval()
+def _stmn_cfg(cfg, **options):
+    return stmn_cfg(cfg, train_offsets=(-1, 1), **options)
 
 
 def _distinct(model):
@@ -50,9 +37,9 @@ def _cells(stmn):
 
 def _single_frame_and_stmn(tiny_cfg):
     single = _distinct(
-        _build(_stmn_cfg(tiny_cfg, aggregation="STMNSingleFrameAggregation", window=(0, 0)))
+        seeded_model(_stmn_cfg(tiny_cfg, aggregation="STMNSingleFrameAggregation", window=(0, 0)))
     )
-    return single, _build(_stmn_cfg(tiny_cfg))
+    return single, seeded_model(_stmn_cfg(tiny_cfg))
 
 
 def test_weight_transfer_copies_the_right_tensors(tiny_cfg):
@@ -89,9 +76,9 @@ def test_widened_heads_see_two_equal_memories_as_the_single_frame_feature(tiny_c
 
 
 def test_a_plain_single_frame_detector_transfers_as_an_identity_conv(tiny_cfg):
-    plain = _build(_stmn_cfg(tiny_cfg, aggregation="SingleFrameAggregation", window=(0, 0)))
+    plain = seeded_model(_stmn_cfg(tiny_cfg, aggregation="SingleFrameAggregation", window=(0, 0)))
     width = plain.backbone.output_shape()["res5"].channels
-    stmn = _build(_stmn_cfg(tiny_cfg, MEMORY_CHANNELS=width))
+    stmn = seeded_model(_stmn_cfg(tiny_cfg, MEMORY_CHANNELS=width))
     state, report = transfer_single_frame_weights(plain.state_dict(), stmn.state_dict())
     stmn.load_state_dict(state)
     assert report.mapping == "identity"
@@ -102,7 +89,7 @@ def test_a_plain_single_frame_detector_transfers_as_an_identity_conv(tiny_cfg):
             torch.testing.assert_close(block, features)
     assert any(k.endswith("rpn_head.conv.weight") for k in report.widened)
     # Narrower memories cannot be an identity: the error names the way out.
-    narrow = _build(_stmn_cfg(tiny_cfg))
+    narrow = seeded_model(_stmn_cfg(tiny_cfg))
     with pytest.raises(KeyError, match="--source-conv"):
         transfer_single_frame_weights(plain.state_dict(), narrow.state_dict())
 
@@ -135,7 +122,7 @@ def test_convert_checkpoint_writes_a_loadable_checkpoint(tiny_cfg, tmp_path):
     torch.testing.assert_close(
         weight, single.temporal_aggregation.feature_conv.weight.repeat(3, 1, 1, 1)
     )
-    _build(cfg).load_state_dict(checkpoint["model"])
+    seeded_model(cfg).load_state_dict(checkpoint["model"])
 
 
 # ---------------------------------------------------------------- R-FCN: "split"
@@ -156,7 +143,7 @@ def _rfcn_pair(dilation):
         cfg.MODEL.RFCN.REDUCTION_CHANNELS = 16
         cfg.MODEL.STMN.MEMORY_CHANNELS = 8
         cfg.MODEL.RFCN.GROUP_SIZE = 3
-        models.append(_build(cfg))
+        models.append(seeded_model(cfg))
     return _distinct(models[0]), models[1]
 
 
