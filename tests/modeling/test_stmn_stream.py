@@ -153,6 +153,66 @@ def test_cache_at_the_paper_config_is_counted():
     assert streamed < 1.46e9 and streamed < windowed / 3.4
 
 
+def _held_bytes(module, pending):
+    """Bytes per map position of every tensor the stream and the core's payloads hold."""
+    held = {id(t): t for t in module._stream.held_tensors()}
+    held.update({id(t): t for t in pending.values()})
+    return sum(t.shape[1] * t.element_size() for t in held.values())
+
+
+def test_half_cache_at_the_paper_config_is_counted_and_under_1_gb():
+    channels, memory = 24, 8
+    module = _module(5, 5, 10, channels=channels, memory=memory, test_cache_dtype="float16")
+    peaks = []
+    _stream(
+        module,
+        torch.relu(torch.randn(111, channels, 2, 3)),
+        _offsets(5, 5, 10),
+        on_step=lambda pending: peaks.append(_held_bytes(module, pending)),
+    )
+
+    def paper_window_bytes(channels, memory):
+        # As _paper_window_channels, the backward projections and the 51 forward memories
+        # awaiting detection in float16, the rest in float32.
+        return 2 * (51 * 3 * memory + 51 * memory) + 4 * (50 * memory + 10 * channels + 41 * 25)
+
+    assert max(peaks) == paper_window_bytes(channels, memory)
+    # The paper's widths at 600 x 1000 (38 x 63 cells): at most 1 GB (1.45 GB in float32).
+    assert paper_window_bytes(2048, 512) * 38 * 63 < 0.96e9
+
+
+def _memories_with_cache(dtype, features):
+    module = _module(2, 2, 3, per_frame_loss=False, test_cache_dtype=dtype)
+    return module, _stream(module, features, _offsets(2, 2, 3))
+
+
+def test_half_cache_rounds_each_waiting_tensor_once():
+    features = torch.relu(torch.randn(16, 6, 5, 7, generator=torch.Generator().manual_seed(1)))
+    _, exact = _memories_with_cache("float32", features)
+    _, half = _memories_with_cache("float16", features)
+    for t, (e, h) in enumerate(zip(exact, half)):
+        assert h.dtype == torch.float32
+        assert not torch.equal(h, e), t  # the cache did round
+        torch.testing.assert_close(h, e, rtol=2e-3, atol=1e-4), t
+
+
+def test_half_cache_keeps_values_beyond_float16_range_exact():
+    # Projections and memories of ~1e6, beyond float16's 65504: each stays in float32.
+    features = 1e6 * torch.relu(
+        torch.randn(10, 6, 5, 7, generator=torch.Generator().manual_seed(2))
+    )
+    _, exact = _memories_with_cache("float32", features)
+    _, half = _memories_with_cache("float16", features)
+    for t, (e, h) in enumerate(zip(exact, half)):
+        assert e.abs().max() > 65504 and torch.isfinite(e).all()
+        assert torch.equal(h, e), t
+
+
+def test_unknown_cache_dtype_is_refused():
+    with pytest.raises(ValueError, match="TEST_CACHE_DTYPE"):
+        _module(2, 2, 1, test_cache_dtype="bfloat16")
+
+
 def test_stream_holds_one_memory_per_window_in_progress():
     module = _module(5, 5, 10, channels=4, memory=2)
     features = torch.relu(torch.randn(70, 4, 2, 2))

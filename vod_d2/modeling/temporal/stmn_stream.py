@@ -32,7 +32,17 @@ window, computed on the same tensors, so the memories are the same to the last b
 by several windows, such as the first frame's for every window clamped at the video's start, is
 computed once). With the paper's configuration the stream holds at most about
 51 x 1536 + 101 x 512 + 10 x 2048 channels (backward projections, window memories, features),
-about 1.45 GB at 600 x 1000 in float32.
+about 1.45 GB at 600 x 1000 in float32. That is the floor of any exact schedule: a backward
+memory cannot start before its window's last frame arrives, so the projections of the 51 frames
+a window spans must wait for it (or the larger features, or the frames' backbone passes again),
+and a forward memory must wait 50 frames for its backward one.
+
+**Half-precision cache** (``cache_dtype=torch.float16``, ``MODEL.STMN.TEST_CACHE_DTYPE``). The
+two largest waiting groups, the backward projections and the finished forward memories, are
+stored in float16 and used in the compute dtype: each is rounded once (to 11 significant bits)
+and read by steps computed in float32, so no rounding accumulates along a window. The
+paper's configuration then holds about 0.95 GB at 600 x 1000. A tensor with a value beyond
+float16's range is kept in its own dtype, so the cache never turns a value into inf.
 """
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -59,6 +69,7 @@ class STMNTestStream:
         backward_memory: Optional[SpatialTemporalMemory],
         before: int,
         stride: int,
+        cache_dtype: Optional[torch.dtype] = None,
     ):
         """
         Args:
@@ -66,11 +77,16 @@ class STMNTestStream:
             backward_memory: the backward direction, or None for a forward-only model.
             before: frames of the window before the reference (``MODEL.VIDEO.TEST_WINDOW[0]``).
             stride: frame step between window members (``MODEL.VIDEO.TEST_STRIDE``).
+            cache_dtype: dtype of the backward projections and finished forward memories while
+                they wait (see the module docstring); None keeps the features' dtype.
         """
         self.forward_memory = forward_memory
         self.backward_memory = backward_memory
         self.before = before
         self.stride = stride
+        self.cache_dtype = cache_dtype
+        # The features' dtype: that of every step and of the memories returned.
+        self._dtype: Optional[torch.dtype] = None
         self.aligner = forward_memory.aligner
         self.num_pushed = 0
         self.last_detected = -1
@@ -97,7 +113,8 @@ class STMNTestStream:
             feature (Tensor): (1, C_in, H, W) its backbone map.
 
         Returns:
-            Tensor: (1, M, H, W) the forward memory of the frame's own window.
+            Tensor: (1, M, H, W) the forward memory of the frame's own window, in the cache
+            dtype (:meth:`memories` takes it back).
         """
         if index != self.num_pushed:
             raise RuntimeError(
@@ -107,11 +124,14 @@ class STMNTestStream:
         if feature.dim() != 4 or feature.shape[0] != 1:
             raise ValueError(f"STMN streams one frame at a time, got {tuple(feature.shape)}")
         self.num_pushed += 1
+        self._dtype = feature.dtype
         if self.aligner is not None:
             self.features[index] = feature
         projected = self.forward_memory.cell.project(feature)
         if self.backward_memory is not None:
-            self.backward_projections[index] = self.backward_memory.cell.project(feature)
+            self.backward_projections[index] = self._store(
+                self.backward_memory.cell.project(feature)
+            )
             if self.aligner is not None and index >= self.stride:
                 pair = (index - self.stride, index)
                 self.backward_coefficients[pair] = self._coefficients(*pair)
@@ -148,7 +168,7 @@ class STMNTestStream:
         self.chains.pop(index, None)
         for old in [i for i in self.features if i <= index - self.stride]:
             del self.features[old]
-        return finished
+        return self._store(finished)
 
     @torch.no_grad()
     def memories(self, index: int, forward: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
@@ -177,14 +197,15 @@ class STMNTestStream:
                 f"memory was built for {self.forward_sequence(index)[:-1]} "
                 f"(MODEL.VIDEO.TEST_WINDOW and TEST_STRIDE of the model's config)"
             )
-        outputs = [forward]
+        outputs = [forward.to(self._dtype)]
         if self.backward_memory is not None:
             future = sorted({i for i in window if i > index}, reverse=True)
             memory, later = None, None
             for frame in future + [index]:
                 if later is not None and self.aligner is not None:
                     memory = self._align(self._backward_coefficients(frame, later), memory)
-                memory = self.backward_memory.cell(self.backward_projections[frame], memory)
+                projection = self.backward_projections[frame].to(self._dtype)
+                memory = self.backward_memory.cell(projection, memory)
                 later = frame
             outputs.append(memory)
         self._release(index)
@@ -196,6 +217,13 @@ class STMNTestStream:
         held += list(self.backward_projections.values()) + list(self.backward_coefficients.values())
         unique = {id(t): t for t in held}
         return list(unique.values())
+
+    def _store(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` in the cache dtype, or as it is if a value would not be finite there."""
+        if self.cache_dtype is None or tensor.dtype == self.cache_dtype:
+            return tensor
+        stored = tensor.to(self.cache_dtype)
+        return stored if torch.isfinite(stored).all() else tensor
 
     def _release(self, detected: int):
         """Frame ``detected`` is done: no later window visits a frame up to it backwards."""
