@@ -224,6 +224,22 @@ def test_dfa_fuses_the_transformed_frame_with_the_aligned_memory():
     torch.testing.assert_close(task, weights[0] * inputs[0] + weights[1] * inputs[1])
 
 
+def test_memory_embedding_is_computed_once_per_key_frame():
+    fusion = _fusion()
+    calls = []
+    fusion.dfa.lsts.embed_support.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        for seed in (0, 1):  # two segments: the second key frame's memory replaces the first's
+            before = len(calls)
+            fusion.key_frame(_maps(C, seed))
+            lows = [_maps(C_LOW, 10 + k) for k in range(3)]
+            tasks = [fusion.non_key_frame(low) for low in lows]
+            assert len(calls) == before + 1
+            for low, task in zip(lows, tasks):
+                # The shared embedding is that of the current memory.
+                assert torch.equal(task, fusion.dfa(low, fusion.memory, fusion.sampling))
+
+
 def test_memory_does_not_leak_between_videos():
     fusion = _fusion()
     # VideoDetector.reset() resets every TemporalModule that overrides reset() before each video.

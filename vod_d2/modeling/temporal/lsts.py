@@ -119,18 +119,26 @@ class LSTS(nn.Module):
         _normal_init(self.embed_target)
 
     def forward(
-        self, support: torch.Tensor, target: torch.Tensor, sampling: DeformableSimilaritySampling
+        self,
+        support: torch.Tensor,
+        target: torch.Tensor,
+        sampling: DeformableSimilaritySampling,
+        embedded_support: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """
         Args:
             support (Tensor): (B, C, H, W) map F_t sampled from.
             target (Tensor): (B, C', H, W) map F_{t+k} of the frame aligned to.
             sampling: the N locations and the normalisation.
+            embedded_support (Tensor or None): (B, E, H, W) f(F_t) if already computed (a
+                key-frame memory read by every frame of its segment), else computed here.
 
         Returns:
             Tensor: (B, C, H, W) F'_{t+k}, F_t aligned to frame t+k (Eq. 4).
         """
-        return sampling(self.embed_target(target), self.embed_support(support), support)
+        if embedded_support is None:
+            embedded_support = self.embed_support(support)
+        return sampling(self.embed_target(target), embedded_support, support)
 
 
 class TransformUnit(nn.Sequential):
@@ -280,19 +288,25 @@ class DenseFeatureAggregation(nn.Module):
         self.lsts = LSTS(channels, target_channels, embed_channels)
 
     def forward(
-        self, low: torch.Tensor, memory: torch.Tensor, sampling: DeformableSimilaritySampling
+        self,
+        low: torch.Tensor,
+        memory: torch.Tensor,
+        sampling: DeformableSimilaritySampling,
+        embedded_memory: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """
         Args:
             low (Tensor): (B, C_low, H, W) low-level feature F^low_{t1+k} of the non-key frame.
             memory (Tensor): (B, C, H, W) memory F^memory_{t1} of the last key frame.
             sampling: LSTS's locations.
+            embedded_memory (Tensor or None): (B, E, H, W) ``self.lsts.embed_support(memory)``
+                if already computed (once per key frame), else computed here.
 
         Returns:
             Tensor: (B, C, H, W) task feature F^task_{t1+k}.
         """
         high = self.transform(low) if self.transform is not None else low
-        aligned = self.lsts(memory, high, sampling)
+        aligned = self.lsts(memory, high, sampling, embedded_memory)
         if self.aggregation is None:
             return aligned
         return self.aggregation([high, aligned])
@@ -304,8 +318,9 @@ class LSTSFeatureFusion(TemporalModule):
 
     Stateless calls express the training graph (any frame roles): :meth:`update_memory` (SRFU)
     and :meth:`propagate` (DFA). The stateful calls run a video online, one frame at a time:
-    :meth:`key_frame` on the heavy feature of a key frame updates the memory,
-    :meth:`non_key_frame` on the low-level feature of another frame reads it, and :meth:`reset`
+    :meth:`key_frame` on the heavy feature of a key frame updates the memory (and DFA's
+    embedding of it, which the segment's frames share), :meth:`non_key_frame` on the low-level
+    feature of another frame reads it, and :meth:`reset`
     (which :class:`VideoDetector` calls on every :class:`TemporalModule`) clears it before every
     video. The memory keeps its autograd graph, so a training sample may
     also be driven through the stateful calls (reset before each sample).
@@ -370,6 +385,7 @@ class LSTSFeatureFusion(TemporalModule):
             quality_layout=quality_layout,
         )
         self._memory: Optional[torch.Tensor] = None
+        self._embedded_memory: Optional[torch.Tensor] = None
 
     @classmethod
     def from_config(cls, cfg, low_shape: ShapeSpec, shape: ShapeSpec):
@@ -413,28 +429,54 @@ class LSTSFeatureFusion(TemporalModule):
             self._check_memory(memory, feature)
         return self.srfu(feature, memory, self.sampling)
 
-    def propagate(self, low: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    def embed_memory(self, memory: torch.Tensor) -> torch.Tensor:
+        """
+        DFA's embedding f of a key frame's memory, the same for every non-key frame of its
+        segment: computed once, it is given to :meth:`propagate`.
+
+        Args:
+            memory (Tensor): (B, C, H, W) memory of a key frame.
+
+        Returns:
+            Tensor: (B, E, H, W) f(memory).
+        """
+        return self.dfa.lsts.embed_support(memory)
+
+    def propagate(
+        self,
+        low: torch.Tensor,
+        memory: torch.Tensor,
+        embedded_memory: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """
         DFA (Eq. 8).
 
         Args:
             low (Tensor): (B, C_low, H, W) low-level feature of a non-key frame.
             memory (Tensor): (B, C, H, W) memory of the last key frame.
+            embedded_memory (Tensor or None): (B, E, H, W) :meth:`embed_memory` of ``memory``,
+                or None to compute it here.
 
         Returns:
             Tensor: (B, C, H, W) the non-key frame's task feature.
         """
         self._check_memory(memory, low)
-        return self.dfa(low, memory, self.sampling)
+        return self.dfa(low, memory, self.sampling, embedded_memory)
 
     @property
     def memory(self) -> Optional[torch.Tensor]:
         """(B, C, H, W) memory of the current video's last key frame, or None."""
         return self._memory
 
+    @property
+    def embedded_memory(self) -> Optional[torch.Tensor]:
+        """(B, E, H, W) :meth:`embed_memory` of :attr:`memory`, or None."""
+        return self._embedded_memory
+
     def reset(self) -> None:
         """Forget the memory: call before the first frame of every video."""
         self._memory = None
+        self._embedded_memory = None
 
     def key_frame(self, feature: torch.Tensor) -> torch.Tensor:
         """
@@ -445,6 +487,7 @@ class LSTSFeatureFusion(TemporalModule):
             Tensor: (B, C, H, W) its task feature, now also the memory.
         """
         self._memory = self.update_memory(feature, self._memory)
+        self._embedded_memory = self.embed_memory(self._memory)
         return self._memory
 
     def non_key_frame(self, low: torch.Tensor) -> torch.Tensor:
@@ -460,7 +503,7 @@ class LSTSFeatureFusion(TemporalModule):
                 "LSTSFeatureFusion.non_key_frame: no key frame since the last reset(); a video "
                 "must start with a key frame"
             )
-        return self.propagate(low, self._memory)
+        return self.propagate(low, self._memory, self._embedded_memory)
 
     @staticmethod
     def _check_memory(memory: torch.Tensor, frame: torch.Tensor) -> None:
@@ -494,11 +537,12 @@ class LSTSKeyFrames(KeyFrameModule):
     LSTS in a key-frame detector (:class:`vod_d2.modeling.KeyFrameRCNN`): a key frame's heavy
     feature updates the memory by SRFU, and that memory is its task feature (the authors'
     ``MEMORY_UPDATE_RATIO`` 1); a non-key frame's payload is its low-level feature, which DFA
-    fuses with its key frame's memory.
+    fuses with its key frame's memory. A key frame's payload also holds DFA's embedding of the
+    memory (``"embedded"``), computed once for the frames of its segment.
     """
 
     light_kind = LIGHT
-    support_keys = ("task",)
+    support_keys = ("task", "embedded")
 
     def __init__(self, cfg, feature_shape: ShapeSpec, low_shape: Optional[ShapeSpec]):
         """
@@ -518,13 +562,14 @@ class LSTSKeyFrames(KeyFrameModule):
         self._overrides = lsts_optimizer_overrides(cfg)
 
     def key_frame(self, feature, images, frames):
-        return {"task": self.fusion.key_frame(feature)}
+        memory = self.fusion.key_frame(feature)
+        return {"task": memory, "embedded": self.fusion.embedded_memory}
 
     def non_key_frame(self, light, images, frames):
         return {"low": light}
 
     def propagate(self, target, key):
-        return self.fusion.propagate(target["low"], key["task"])
+        return self.fusion.propagate(target["low"], key["task"], key["embedded"])
 
     def output_shape(self) -> ShapeSpec:
         return self._shape
