@@ -81,14 +81,33 @@ def random_video(num_frames, height, width, seed=0):
     ]
 
 
+def random_model(cfg):
+    """
+    The eval-mode model of ``cfg`` with random weights (seed 0), for timing.
+
+    With random weights, what the heads cost would depend on each model's random features:
+    the RPN's boxes decide how many bilinear samples RoI pooling takes (adaptive sampling) and
+    how many boxes NMS keeps. So the RPN's predictor convs are zeroed: every model then ranks
+    equal scores over the same anchors and its heads pool the same proposals, and two models'
+    times differ by their feature paths and heads only.
+    """
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    rpn_head = getattr(getattr(model, "proposal_generator", None), "rpn_head", None)
+    if rpn_head is not None:
+        for conv in (rpn_head.objectness_logits, rpn_head.anchor_deltas):
+            torch.nn.init.zeros_(conv.weight)
+            torch.nn.init.zeros_(conv.bias)
+    return model
+
+
 def build_random_model(path, device):
-    """(cfg, model) of the config file ``path`` on ``device``: random weights (seed 0), eval."""
+    """(cfg, model) of the config file ``path`` on ``device``: :func:`random_model`."""
     cfg = get_cfg()
     add_vod_config(cfg)
     cfg.merge_from_file(path)
     cfg.MODEL.DEVICE = device
-    torch.manual_seed(0)
-    return cfg, build_model(cfg).eval()
+    return cfg, random_model(cfg)
 
 
 def stream(model, video):

@@ -19,9 +19,8 @@ import json
 import time
 
 import torch
-from _streaming import CallTimer, device_name, random_video, synchronize
+from _streaming import CallTimer, device_name, random_model, random_video, synchronize
 from detectron2.config import get_cfg
-from detectron2.modeling import build_model
 
 from vod_d2 import add_vod_config
 from vod_d2.engine import run_on_video
@@ -65,8 +64,7 @@ def parameters(model):
 def measure(cfg, size, frames, warmup):
     """Build one model, stream a warm-up video and a timed one; returns a dict."""
     device = cfg.MODEL.DEVICE
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    model = random_model(cfg)
     video = random_video(frames, *size)
     list(run_on_video(model, video[:warmup]))
     backbone = CallTimer(model.backbone, "forward", device)

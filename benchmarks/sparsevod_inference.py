@@ -28,8 +28,15 @@ import time
 
 import torch
 from _memory import CpuPeak, CudaPeak, in_fresh_process
-from _streaming import CallTimer, add_arguments, device_name, load_config, random_video, synchronize
-from detectron2.modeling import build_model
+from _streaming import (
+    CallTimer,
+    add_arguments,
+    device_name,
+    load_config,
+    random_model,
+    random_video,
+    synchronize,
+)
 
 from vod_d2.engine import run_on_video
 
@@ -46,8 +53,7 @@ def measure(cfg, opts, size, frames, warmup, threads):
     cfg = cfg.clone()
     cfg.merge_from_list(list(opts))
     device = cfg.MODEL.DEVICE
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    model = random_model(cfg)
     video = random_video(frames, *size)
     peak = CudaPeak(device) if device.startswith("cuda") else CpuPeak()
     with peak:

@@ -36,8 +36,14 @@ import time
 
 import torch
 from _memory import CpuPeak, CudaPeak, release_freed_memory
-from _streaming import add_arguments, device_name, load_config, random_video, synchronize
-from detectron2.modeling import build_model
+from _streaming import (
+    add_arguments,
+    device_name,
+    load_config,
+    random_model,
+    random_video,
+    synchronize,
+)
 
 from vod_d2.engine import run_on_video
 
@@ -47,8 +53,7 @@ MB = 1e6
 def _build(cfg, opts=()):
     cfg = cfg.clone()
     cfg.merge_from_list(list(opts))
-    torch.manual_seed(0)
-    return build_model(cfg).eval()
+    return random_model(cfg)
 
 
 def time_per_frame(model, video, warmup, device):

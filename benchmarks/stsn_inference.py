@@ -25,8 +25,15 @@ import time
 
 import torch
 from _memory import CpuPeak, CudaPeak, in_fresh_process
-from _streaming import CallTimer, add_arguments, device_name, load_config, random_video, synchronize
-from detectron2.modeling import build_model
+from _streaming import (
+    CallTimer,
+    add_arguments,
+    device_name,
+    load_config,
+    random_model,
+    random_video,
+    synchronize,
+)
 
 from vod_d2.engine import run_on_video
 
@@ -39,8 +46,7 @@ def measure(cfg, opts, size, frames, warmup, threads):
     cfg = cfg.clone()
     cfg.merge_from_list(list(opts))
     device = cfg.MODEL.DEVICE
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    model = random_model(cfg)
     video = random_video(frames, *size)
     # Memory is measured from the built model on, warm-up included: memory the allocator keeps
     # after the warm-up would otherwise hide the streaming's own peak from the RSS.
