@@ -320,10 +320,10 @@ class LSTSFeatureFusion(TemporalModule):
     and :meth:`propagate` (DFA). The stateful calls run a video online, one frame at a time:
     :meth:`key_frame` on the heavy feature of a key frame updates the memory (and DFA's
     embedding of it, which the segment's frames share), :meth:`non_key_frame` on the low-level
-    feature of another frame reads it, and :meth:`reset`
-    (which :class:`VideoDetector` calls on every :class:`TemporalModule`) clears it before every
-    video. The memory keeps its autograd graph, so a training sample may
-    also be driven through the stateful calls (reset before each sample).
+    feature of another frame reads it, and :meth:`reset` (which :class:`VideoDetector` calls on
+    every :class:`TemporalModule`) clears it before every video. The memory keeps its autograd
+    graph, so a training sample may also be driven through the stateful calls (reset before
+    each sample).
 
     The locations are ``sampling.offsets``, (N, 2) in (dy, dx) order; the Table 4 ablation
     freezes them (``learn_locations=False``). Their learning rate and weight decay are
