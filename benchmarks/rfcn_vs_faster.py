@@ -16,14 +16,19 @@ Faster R-CNN's first fully connected layer alone reads 2048 x 7 x 7 pooled value
 
 import argparse
 import json
-import time
 
 import torch
-from _streaming import CallTimer, device_name, random_model, random_video, synchronize
+from _streaming import (
+    CallTimer,
+    device_name,
+    random_model,
+    random_video,
+    seconds_per_frame,
+    stream,
+)
 from detectron2.config import get_cfg
 
 from vod_d2 import add_vod_config
-from vod_d2.engine import run_on_video
 
 MODELS = {
     "R-FCN": "configs/single_frame_R101_RFCN.yaml",
@@ -66,17 +71,11 @@ def measure(cfg, size, frames, warmup):
     device = cfg.MODEL.DEVICE
     model = random_model(cfg)
     video = random_video(frames, *size)
-    list(run_on_video(model, video[:warmup]))
+    stream(model, video[:warmup])
     backbone = CallTimer(model.backbone, "forward", device)
-    synchronize(device)
-    start = time.perf_counter()
-    outputs = list(run_on_video(model, video))
-    synchronize(device)
-    seconds = time.perf_counter() - start
-    assert len(outputs) == frames
     return {
         "parameters": parameters(model),
-        "s_per_frame": seconds / frames,
+        "s_per_frame": seconds_per_frame(model, video, device),
         "backbone_s_per_frame": backbone.seconds / frames,
     }
 

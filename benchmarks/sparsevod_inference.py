@@ -24,7 +24,6 @@ only, 14.4 with both (6 support frames); 17.7 fps at 2 support frames (Fig. 5).
 
 import argparse
 import json
-import time
 
 import torch
 from _memory import CpuPeak, CudaPeak, in_fresh_process
@@ -35,16 +34,11 @@ from _streaming import (
     load_config,
     random_model,
     random_video,
-    synchronize,
+    seconds_per_frame,
+    stream,
 )
 
-from vod_d2.engine import run_on_video
-
 MIB = 2.0**20
-
-
-def _stream(model, video):
-    return list(run_on_video(model, video, len(video), lambda i: video[i]))
 
 
 def measure(cfg, opts, size, frames, warmup, threads):
@@ -57,7 +51,7 @@ def measure(cfg, opts, size, frames, warmup, threads):
     video = random_video(frames, *size)
     peak = CudaPeak(device) if device.startswith("cuda") else CpuPeak()
     with peak:
-        _stream(model, video[:warmup])
+        stream(model, video[:warmup])
         backbone = CallTimer(model.backbone, "forward", device)
         head = CallTimer(model.head, "forward", device)
         # The single-frame head has no support pass.
@@ -66,15 +60,10 @@ def measure(cfg, opts, size, frames, warmup, threads):
             if hasattr(model.head, "support_object_features")
             else None
         )
-        synchronize(device)
-        start = time.perf_counter()
-        outputs = _stream(model, video)
-        synchronize(device)
-        seconds = time.perf_counter() - start
-    assert len(outputs) == len(video)
+        seconds = seconds_per_frame(model, video, device)
     return {
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
-        "s_per_frame": seconds / frames,
+        "s_per_frame": seconds,
         "backbone_s_per_frame": backbone.seconds / frames,
         "support_pass_s_per_frame": support.seconds / frames if support else 0.0,
         "head_s_per_frame": head.seconds / frames,

@@ -42,10 +42,10 @@ from _streaming import (
     load_config,
     random_model,
     random_video,
+    seconds_per_frame,
+    stream,
     synchronize,
 )
-
-from vod_d2.engine import run_on_video
 
 MB = 1e6
 
@@ -58,13 +58,8 @@ def _build(cfg, opts=()):
 
 def time_per_frame(model, video, warmup, device):
     """Seconds per frame of streaming ``video`` (after ``warmup`` frames) through ``model``."""
-    list(run_on_video(model, video[:warmup]))
-    synchronize(device)
-    start = time.perf_counter()
-    outputs = list(run_on_video(model, video))
-    synchronize(device)
-    assert len(outputs) == len(video)
-    return (time.perf_counter() - start) / len(video)
+    stream(model, video[:warmup])
+    return seconds_per_frame(model, video, device)
 
 
 @torch.no_grad()

@@ -21,7 +21,6 @@ a time).
 
 import argparse
 import json
-import time
 
 import torch
 from _memory import CpuPeak, CudaPeak, in_fresh_process
@@ -32,10 +31,9 @@ from _streaming import (
     load_config,
     random_model,
     random_video,
-    synchronize,
+    seconds_per_frame,
+    stream,
 )
-
-from vod_d2.engine import run_on_video
 
 MIB = 2.0**20
 
@@ -52,25 +50,19 @@ def measure(cfg, opts, size, frames, warmup, threads):
     # after the warm-up would otherwise hide the streaming's own peak from the RSS.
     peak = CudaPeak(device) if device.startswith("cuda") else CpuPeak()
     with peak:
-        list(run_on_video(model, video[:warmup]))
+        stream(model, video[:warmup])
         with torch.no_grad():
             per_frame = model.backbone(model.preprocess_image([video[0]]).tensor)
         feature_bytes = sum(x.numel() * x.element_size() for x in per_frame.values())
         del per_frame
         backbone = CallTimer(model.backbone, "forward", device)
         aggregation = CallTimer(model.temporal_aggregation, "forward", device)
-
-        synchronize(device)
-        start = time.perf_counter()
-        outputs = list(run_on_video(model, video))
-        synchronize(device)
-        seconds = time.perf_counter() - start
-    assert len(outputs) == len(video)
+        seconds = seconds_per_frame(model, video, device)
     before, after = cfg.MODEL.VIDEO.TEST_WINDOW
     return {
         "aggregation": cfg.MODEL.VIDEO.AGGREGATION,
         "window": [before, after],
-        "s_per_frame": seconds / frames,
+        "s_per_frame": seconds,
         "backbone_s_per_frame": backbone.seconds / frames,
         "aggregation_s_per_frame": aggregation.seconds / frames,
         "peak_mib": peak.peak_bytes / MIB,
