@@ -3,6 +3,7 @@ import os
 import pickle
 import shutil
 
+import numpy as np
 import pytest
 from _frames import write_frames
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -169,7 +170,7 @@ def test_parallel_parse_equals_serial_parse(root, monkeypatch):
     monkeypatch.setattr(vid_xml, "_MIN_FILES_PER_WORKER", 1)  # a pool even for 12 files
     parallel = parse_annotation_files(paths, index, num_workers=2, chunk_size=4)
     for name, a, b in zip(serial._fields, serial, parallel):
-        assert (a == b).all(), name
+        np.testing.assert_array_equal(a, b, err_msg=name)
     assert serial.offsets.tolist() == [0, 0, 1, 3, 5, 5, 6, 8, 10, 10, 11, 13, 15]
 
 
@@ -505,3 +506,27 @@ def test_dataset_classes_reads_cocovid_categories_without_loading(tmp_path, monk
         for name in names:
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
+
+
+def test_cocovid_conditions_and_visibility_reach_the_records(tmp_path):
+    def tag(data):
+        data["images"][0]["conditions"] = ["motion_blur", "defocus"]  # image 10
+        data["annotations"][0]["visibility"] = 0.25  # on image 10, no "occluded"
+        data["annotations"][1]["visibility"] = 0.75
+
+    records = load_cocovid_json(*_cocovid(tmp_path, tag))
+    image_10 = next(r for r in records if r["image_id"] == 10)
+    assert image_10["conditions"] == ("motion_blur", "defocus")
+    assert sum("conditions" in r for r in records) == 1
+    (ann,) = image_10["annotations"]
+    assert ann["visible"] == 0.25 and ann["occluded"]  # visibility below 0.5: occluded
+    visible = [a for r in records for a in r["annotations"] if a.get("visible") == 0.75]
+    assert len(visible) == 1 and not visible[0]["occluded"]
+    for field, value, message in [
+        ("conditions", "motion_blur", "conditions 'motion_blur', not a list of strings"),
+        ("visibility", 1.5, "visibility 1.5, not a number in \\[0, 1\\]"),
+    ]:
+        section = "images" if field == "conditions" else "annotations"
+        json_file, images = _cocovid(tmp_path, lambda data: data[section][0].update({field: value}))
+        with pytest.raises(ValueError, match=message):
+            load_cocovid_json(json_file, images)

@@ -272,3 +272,97 @@ def test_write_synthetic_video(tmp_path):
     assert len(frames) == 12
     assert all(f.shape == (96, 128, 3) for f in frames)
     assert not np.array_equal(frames[0], frames[-1])  # things move
+
+
+def test_the_loaders_read_each_frames_conditions_and_each_objects_visible_share(tree):
+    with open(os.path.join(tree, "synthetic.json")) as f:
+        manifest = json.load(f)["degradations"]
+    records = _load(tree) + _load(tree, "train")
+    for r in records:
+        labels = manifest[r["video_id"]][r["frame_idx"]]
+        # Blur and defocus are a frame's conditions; the pole is an object's (its visible share).
+        assert set(r.get("conditions", ())) == set(labels) - {"occlusion"}, r["file_name"]
+        for ann in r["annotations"]:
+            assert 0 < ann["visible"] <= 1 and ann["occluded"] == (ann["visible"] < 0.5)
+    visible = [a["visible"] for r in records for a in r["annotations"]]
+    assert min(visible) < 0.5 < max(visible)
+    assert all(0 < a["visible"] <= 1 for r in _load(tree, "det") for a in r["annotations"])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_visible_share_is_what_poles_and_other_objects_leave_of_the_object(seed):
+    # The same scene without poles: objects hide only one another there, and the poles hide
+    # more, exactly in the frames labelled "occlusion".
+    occluded = render_video(np.random.default_rng(seed), 30, (64, 80), profile="hard")
+    clean = render_video(np.random.default_rng(seed), 30, (64, 80), degrade=(), profile="hard")
+    for t, (objects, free) in enumerate(zip(occluded.objects, clean.objects)):
+        free = {o["track_id"]: o for o in free}
+        for obj in objects:
+            assert obj["box"] == free[obj["track_id"]]["box"]
+            assert obj["visible"] <= free[obj["track_id"]]["visible"]
+        hidden = len(objects) < len(free) or any(
+            o["visible"] < free[o["track_id"]]["visible"] for o in objects
+        )
+        assert hidden == ("occlusion" in occluded.degradations[t]), t
+
+
+def test_the_hard_profile_degrades_more_of_the_ground_truth():
+    def degraded_share(profile):
+        degraded = total = 0
+        for i in range(6):
+            video = render_video(np.random.default_rng(i), 50, (64, 80), profile=profile)
+            for objects, labels in zip(video.objects, video.degradations):
+                blurred = bool(set(labels) & {"motion_blur", "defocus"})
+                total += len(objects)
+                degraded += sum(blurred or o["occluded"] for o in objects)
+        return degraded / total
+
+    assert degraded_share("hard") > degraded_share("default") + 0.1
+    with pytest.raises(ValueError, match="unknown degradation profile 'foggy'"):
+        render_video(np.random.default_rng(0), 5, (64, 80), profile="foggy")
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_flow_pairs_carry_the_exact_flow(index):
+    import torch
+    import torch.nn.functional as F
+
+    cur, ref, flow = synthetic.render_flow_pair(synthetic.flow_pair_rng(0, index), (64, 80))
+    assert cur.shape == ref.shape == (64, 80, 3) and flow.shape == (2, 64, 80)
+    assert np.abs(flow).max() > 0.5  # something moves
+    # Warping the reference frame by the flow reproduces the current frame (up to noise,
+    # disocclusions and resampling), far better than the unwarped reference does.
+    ys, xs = np.mgrid[0:64, 0:80] + 0.5
+    grid = np.stack([(xs + flow[0]) / 80 * 2 - 1, (ys + flow[1]) / 64 * 2 - 1], -1)
+    inside = (np.abs(grid) < 1).all(-1)
+    warped = (
+        F.grid_sample(
+            torch.tensor(ref.transpose(2, 0, 1)[None], dtype=torch.float32),
+            torch.tensor(grid[None], dtype=torch.float32),
+            align_corners=False,
+        )[0]
+        .numpy()
+        .transpose(1, 2, 0)
+    )
+    # Medians: disoccluded pixels have no match whatever the flow. The frames' noise alone
+    # (sigma 3 each) gives a median difference of about 3.3.
+    warp_error = np.abs(warped - cur).mean(-1)
+    still_error = np.abs(ref.astype(float) - cur).mean(-1)
+    assert np.median(warp_error[inside]) < 5
+    moving = inside & (np.hypot(*flow) >= 1)
+    if moving.mean() > 0.2:
+        assert np.median(warp_error[moving]) < 0.6 * np.median(still_error[moving])
+
+
+def test_write_flow_pairs_in_the_flyingchairs_layout(tmp_path):
+    root = synthetic.write_flow_pairs(str(tmp_path / "pairs"), 2, size=(32, 40), seed=5)
+    assert sorted(os.listdir(root)) == [
+        f"0000{i}_{kind}" for i in (1, 2) for kind in ("flow.flo", "img1.png", "img2.png")
+    ]
+    cur, ref, flow = synthetic.render_flow_pair(synthetic.flow_pair_rng(5, 1), (32, 40))
+    with open(os.path.join(root, "00002_flow.flo"), "rb") as f:
+        assert np.fromfile(f, np.float32, 1)[0] == np.float32(202021.25)
+        assert np.fromfile(f, np.int32, 2).tolist() == [40, 32]
+        stored = np.fromfile(f, np.float32).reshape(32, 40, 2)
+    np.testing.assert_array_equal(stored.transpose(2, 0, 1), flow)
+    np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(root, "00002_img2.png"))), ref)

@@ -306,3 +306,32 @@ def test_tables_show_an_ap_without_ground_truth_as_an_empty_cell(dataset_name, c
     header, _, values = summary.splitlines()[1:4]
     cells = dict(zip(header.split("|")[1:-1], values.split("|")[1:-1]))
     assert {k.strip(): v.strip() for k, v in cells.items()}["mAP_medium"] == ""
+
+
+def test_conditions_of_the_records_are_reported_beside_the_motion_bins(dataset_name):
+    # Frame 11 of video A is blurred and the dog there is occluded; detections miss the dog
+    # in frame 11 only, so the blurred and occluded GT lose AP and the clean GT keeps 100.
+    records = copy.deepcopy(RECORDS)
+    records[1]["conditions"] = ("motion_blur",)
+    records[1]["annotations"][1]["occluded"] = True
+    name = "vod_d2_test_vid_evaluator_conditions"
+    DatasetCatalog.register(name, lambda: copy.deepcopy(records))
+    MetadataCatalog.get(name).set(thing_classes=CLASSES, evaluator_type="vid")
+    try:
+        evaluator = VIDEvaluator(name, output_dir=None, coco_metrics=False)
+        inputs, outputs = perfect_outputs(records)
+        missed = outputs[1]["instances"]
+        outputs[1] = {"instances": missed[missed.pred_classes == 0]}
+        evaluator.process(inputs, outputs)
+        results = evaluator.evaluate()["bbox"]
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert results["mAP_clean"] == pytest.approx(100.0)
+    # motion_blur: the cat (found) and the dog (missed) of frame 11, one class each
+    assert results["mAP_motion_blur"] == pytest.approx(50.0)
+    assert results["mAP_occluded"] == 0.0 and results["num_gt_occluded"] == 1
+    assert results["mAP_degraded"] == pytest.approx(50.0) and results["num_gt_degraded"] == 2
+    assert results["mAP"] < 100.0
+    # A dataset without conditions reports none.
+    assert "mAP_clean" not in run(VIDEvaluator(dataset_name, coco_metrics=False), RECORDS)["bbox"]

@@ -9,17 +9,32 @@ also contains the failure modes video detectors are built for, as stretches of c
 frames rather than isolated bad frames, which is where long windows and key-frame memories
 help: motion blur (camera shake along a random direction) and defocus (disk blur), each in one
 or two runs of 4-12 frames, and a long partial occlusion (a pole sweeping across the frame
-during 40-70% of the video, hiding each object it passes for several frames).
+during 40-70% of the video, hiding each object it passes for several frames). A
+:class:`DegradationProfile` sets how long, strong and frequent they are: ``"default"`` (the
+main command's data) or ``"hard"`` (the accuracy benchmark's: longer and more frequent runs,
+stronger blur, two wider and slower occluders).
 
 :func:`generate_synthetic_dataset` writes JPEG frames, XML annotations and the
 ``ImageSets`` lists the real ImageNet VID loader reads, plus ``synthetic.json`` with the
 degradations of every frame; DET-style still images go to ``Data/DET``. Trees are written in
 a temporary folder renamed into place, so an interrupted run leaves nothing half-written.
 
+The XML annotations carry the conditions the evaluation splits AP by (see
+:mod:`vod_d2.evaluation.vid_evaluation`): each frame's ``<conditions>`` (``motion_blur``,
+``defocus``, space-separated), and each object's ``<visible>`` fraction of its pixels (of those
+inside the image, the share that the poles and the other objects leave visible) and
+``<occluded>`` (1 when under half of them are visible).
+
+:func:`write_flow_pairs` writes pairs of frames with their dense ground-truth flow (every
+pixel's motion is known: the background pans, every object translates and scales), the data
+:mod:`vod_d2.modeling.flow.pretrain` pretrains flow networks on, as the papers start FlowNet-S
+from FlyingChairs.
+
 Command line (``--help`` lists the options)::
 
     python -m vod_d2.data.synthetic --output datasets/vod_d2_synthetic [--seed 0 ...]
     python -m vod_d2.data.synthetic --video demo.mp4 [--num-frames 60 --height 240 --width 320]
+    python -m vod_d2.data.synthetic --flow-pairs pairs/ [--num-pairs 1000]
 """
 
 import argparse
@@ -29,7 +44,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -39,31 +54,95 @@ from .datasets.image_sets import fgfa_train_frames
 from .datasets.imagenet_vid import VID_CLASSES, VID_WNIDS
 
 __all__ = [
+    "BENCHMARK_OPTIONS",
     "DEGRADATIONS",
+    "FRAME_CONDITIONS",
+    "PROFILES",
     "SYNTHETIC_CLASSES",
+    "DegradationProfile",
     "SyntheticVideo",
     "render_video",
+    "render_flow_pair",
     "generate_synthetic_dataset",
     "ensure_synthetic_dataset",
+    "write_flow_pairs",
     "write_synthetic_video",
 ]
 
 logger = logging.getLogger(__name__)
 
 DEGRADATIONS = ("motion_blur", "defocus", "occlusion")
+# The degradations that are a frame's condition (occlusion is an object's: its visible share).
+FRAME_CONDITIONS = ("motion_blur", "defocus")
 # Part of synthetic.json: bump when the same seed would render different data. A tree of
 # another version is generated again by ensure_synthetic_dataset.
-GENERATOR_VERSION = 3
-# Objects hidden beyond this fraction of their pixels are flagged occluded.
-_OCCLUDED_BELOW_VISIBLE = 0.75
+GENERATOR_VERSION = 4
+# Objects with less than this fraction of their pixels visible are flagged occluded (the
+# evaluation's "occluded" condition).
+OCCLUDED_BELOW_VISIBLE = 0.5
 # Objects with fewer visible pixels than this are not annotated in the frame.
 _MIN_VISIBLE_PIXELS = 12
-# Blur and defocus runs: (shortest, longest) run in frames, and about one run of each per this
-# many frames of video (at least one).
-_RUN_LENGTH = (4, 12)
-_FRAMES_PER_RUN = 60
+
+
+@dataclass(frozen=True)
+class DegradationProfile:
+    """
+    How long, strong and frequent a video's degradations are. Lengths in pixels are for 128-px
+    frames and scale with the frame size.
+
+    Attributes:
+        run_length: (shortest, longest) run of blurred or defocused frames.
+        frames_per_run: about one blur run and one defocus run per this many frames (>= 1 each).
+        blur_length: (min, max) length of the motion-blur streak.
+        defocus_radius: (min, max) radius of the defocus disk.
+        occluders: poles sweeping across the frame, each during its own part of the video.
+        occluder_thickness: (min, max) thickness of a pole, as a fraction of the frame's side.
+        occluder_duration: (min, max) fraction of the video a pole takes to cross the frame.
+    """
+
+    run_length: Tuple[int, int] = (4, 12)
+    frames_per_run: int = 60
+    blur_length: Tuple[float, float] = (7.0, 13.0)
+    defocus_radius: Tuple[float, float] = (1.5, 3.0)
+    occluders: int = 1
+    occluder_thickness: Tuple[float, float] = (0.12, 0.2)
+    occluder_duration: Tuple[float, float] = (0.4, 0.7)
+
+
+PROFILES = {
+    "default": DegradationProfile(),
+    # The accuracy benchmark's: about 40% of the frames blurred or defocused, in runs long
+    # enough to exceed a short window, and two wide, slow poles that hide objects for many
+    # frames while the frames around them still see the objects.
+    "hard": DegradationProfile(
+        run_length=(6, 16),
+        frames_per_run=50,
+        blur_length=(11.0, 19.0),
+        defocus_radius=(2.5, 4.5),
+        occluders=2,
+        occluder_thickness=(0.2, 0.3),
+        occluder_duration=(0.5, 0.8),
+    ),
+}
 _DEFAULT_OPTIONS = dict(
-    num_train_videos=30, num_val_videos=8, num_det_images=60, num_frames=(40, 120), size=(128, 160)
+    num_train_videos=30,
+    num_val_videos=8,
+    num_det_images=60,
+    num_frames=(40, 120),
+    size=(128, 160),
+    profile="default",
+)
+# The accuracy benchmark's split (builtin ``synthetic_bench_*``): enough validation videos and
+# tracks that no one track carries a class, and short validation videos (40-60 frames) so that
+# every method can be scored on every frame of all of them within the CPU budget.
+BENCHMARK_OPTIONS = dict(
+    num_train_videos=120,
+    num_val_videos=48,
+    num_det_images=120,
+    num_frames=(40, 120),
+    val_num_frames=(40, 60),
+    size=(128, 160),
+    profile="hard",
 )
 
 
@@ -92,9 +171,11 @@ class SyntheticVideo(NamedTuple):
         frames (list[ndarray]): T (H, W, 3) uint8 RGB images.
         objects (list[list[dict]]): per frame, the annotated objects: ``track_id``,
             ``category`` (index in :data:`SYNTHETIC_CLASSES`), ``box`` (xmin, ymin, xmax, ymax)
-            inclusive pixels of the object's whole extent inside the image, ``occluded``.
+            inclusive pixels of the object's whole extent inside the image, ``visible`` (the
+            fraction of its pixels inside the image that no pole or other object hides) and
+            ``occluded`` (``visible`` below :data:`OCCLUDED_BELOW_VISIBLE`).
         degradations (list[list[str]]): per frame, the degradations applied, of
-            ``"motion_blur"``, ``"defocus"``, ``"occlusion"`` (the pole hides part of an object).
+            ``"motion_blur"``, ``"defocus"``, ``"occlusion"`` (a pole hides part of an object).
     """
 
     frames: List[np.ndarray]
@@ -102,25 +183,20 @@ class SyntheticVideo(NamedTuple):
     degradations: List[List[str]]
 
 
-def render_video(
-    rng: np.random.Generator,
-    num_frames: int,
-    size: Tuple[int, int],
-    degrade: Iterable[str] = DEGRADATIONS,
-) -> SyntheticVideo:
-    """
-    Render one video; the scene depends only on ``rng``'s state.
+@dataclass
+class _Scene:
+    """Everything a video's frames and flow are rendered from."""
 
-    Args:
-        rng: source of every random choice.
-        num_frames: T.
-        size: (H, W) of the frames.
-        degrade: the degradations to apply, of :data:`DEGRADATIONS`. The scene, noise
-            included, does not depend on them: ``()`` renders the same video undegraded.
-    """
-    degrade = set(degrade)
-    if not degrade <= set(DEGRADATIONS):
-        raise ValueError(f"unknown degradations {degrade - set(DEGRADATIONS)}")
+    size: Tuple[int, int]
+    background: np.ndarray  # (H + 2 pad, W + 2 pad, 3) float32
+    pan: np.ndarray  # (T, 2) integer (y, x) offsets of the view into the background
+    tracks: List["_Track"]
+    blur: Dict[int, List[Tuple[int, int]]]  # frame -> blur taps
+    defocus: Dict[int, List[Tuple[int, int]]]
+    poles: List[dict]
+
+
+def _sample_scene(rng, num_frames: int, size: Tuple[int, int], profile) -> _Scene:
     height, width = size
     unit = min(height, width) / 128.0  # sizes and speeds are tuned for 128 px frames
     pad = int(12 * unit) + 1
@@ -131,37 +207,150 @@ def render_video(
     ]
     # frame -> blur taps; each run has its own direction and length (or radius).
     blur = {
-        t: _line_offsets(max(5, round(rng.uniform(7, 13) * unit)), rng.uniform(0, np.pi))
-        for run in _runs(rng, num_frames)
+        t: _line_offsets(max(5, round(rng.uniform(*profile.blur_length) * unit)),
+                         rng.uniform(0, np.pi))
+        for run in _runs(rng, num_frames, profile)
         for t in run
-    }
+    }  # fmt: skip
     defocus = {
-        t: _disk_offsets(max(1.5, rng.uniform(1.5, 3.0) * unit))
-        for run in _runs(rng, num_frames)
+        t: _disk_offsets(max(1.5, rng.uniform(*profile.defocus_radius) * unit))
+        for run in _runs(rng, num_frames, profile)
         for t in run
     }
-    pole = _sample_pole(rng, num_frames, height, width, unit)
+    poles = [
+        _sample_pole(rng, num_frames, height, width, profile) for _ in range(profile.occluders)
+    ]
+    return _Scene(size, background, np.round(pan).astype(int), tracks, blur, defocus, poles)
 
+
+def _render_frame(scene: _Scene, t: int, degrade) -> Tuple[np.ndarray, np.ndarray, List, List]:
+    """
+    Frame ``t`` before noise: (H, W, 3) float32 image, (H, W) owner of every pixel (object
+    index, -1 the background, :func:`_pole_owner` a pole), the objects' (pixel count, box) and
+    the degradations.
+    """
+    height, width = scene.size
+    oy, ox = scene.pan[t]
+    image = scene.background[oy : oy + height, ox : ox + width].copy()
+    owner = np.full((height, width), -1, np.int16)
+    areas = [_draw_object(image, owner, k, track, t) for k, track in enumerate(scene.tracks)]
+    degradations = []
+    hidden = [
+        any(_draw_pole(image, owner, pole, t, len(scene.tracks), _pole_owner(j)))
+        for j, pole in enumerate(scene.poles)
+    ]
+    if "occlusion" in degrade and any(hidden):
+        degradations.append("occlusion")
+    if "motion_blur" in degrade and t in scene.blur:
+        image = _blur(image, scene.blur[t])
+        degradations.append("motion_blur")
+    if "defocus" in degrade and t in scene.defocus:
+        image = _blur(image, scene.defocus[t])
+        degradations.append("defocus")
+    return image, owner, areas, degradations
+
+
+def render_video(
+    rng: np.random.Generator,
+    num_frames: int,
+    size: Tuple[int, int],
+    degrade: Iterable[str] = DEGRADATIONS,
+    profile: Union[str, DegradationProfile] = "default",
+) -> SyntheticVideo:
+    """
+    Render one video; the scene depends only on ``rng``'s state and ``profile``.
+
+    Args:
+        rng: source of every random choice.
+        num_frames: T.
+        size: (H, W) of the frames.
+        degrade: the degradations to apply, of :data:`DEGRADATIONS`. The scene, noise
+            included, does not depend on them: ``()`` renders the same video undegraded.
+            Without ``"occlusion"`` the poles are not drawn.
+        profile: a :class:`DegradationProfile` or a name in :data:`PROFILES`.
+    """
+    degrade = set(degrade)
+    if not degrade <= set(DEGRADATIONS):
+        raise ValueError(f"unknown degradations {degrade - set(DEGRADATIONS)}")
+    scene = _sample_scene(rng, num_frames, size, _profile(profile))
+    if "occlusion" not in degrade:
+        scene.poles = []
     video = SyntheticVideo([], [], [])
     for t in range(num_frames):
-        oy, ox = np.round(pan[t]).astype(int)
-        image = background[oy : oy + height, ox : ox + width].copy()
-        owner = np.full((height, width), -1, np.int16)
-        areas = [_draw_object(image, owner, k, track, t) for k, track in enumerate(tracks)]
-        degradations = []
-        if "occlusion" in degrade and any(_draw_pole(image, owner, pole, t, len(tracks))):
-            degradations.append("occlusion")
-        if "motion_blur" in degrade and t in blur:
-            image = _blur(image, blur[t])
-            degradations.append("motion_blur")
-        if "defocus" in degrade and t in defocus:
-            image = _blur(image, defocus[t])
-            degradations.append("defocus")
+        image, owner, areas, degradations = _render_frame(scene, t, degrade)
         image += rng.normal(0.0, 3.0, image.shape).astype(np.float32)
         video.frames.append(np.clip(image + 0.5, 0, 255).astype(np.uint8))
         video.degradations.append(degradations)
-        video.objects.append(_visible_objects(tracks, owner, areas))
+        video.objects.append(_visible_objects(scene.tracks, owner, areas))
     return video
+
+
+def render_flow_pair(
+    rng: np.random.Generator, size: Tuple[int, int], max_gap: int = 10
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """
+    Two frames of one undegraded synthetic video (poles included, no blur) and the exact
+    flow between them, the pretraining data of flow networks (the project's FlyingChairs).
+
+    The frames are ``gap`` frames apart, ``1 <= |gap| <= max_gap`` either way (a non-key frame
+    and its key frame are up to 9 frames apart at interval 10).
+
+    Args:
+        rng: source of every random choice.
+        size: (H, W) of the frames.
+        max_gap: largest frame distance.
+
+    Returns:
+        tuple: ``cur``, ``ref`` (H, W, 3) uint8 RGB frames and ``flow`` (2, H, W) float32 in
+        pixels, x first: pixel p of ``cur`` shows what ``ref`` shows at ``p + flow(p)`` (the
+        convention of :func:`vod_d2.modeling.flow.warp.warp`), at pixel centres.
+    """
+    num_frames = 2 * max_gap + 1
+    scene = _sample_scene(rng, num_frames, size, _profile("default"))
+    cur_t = int(rng.integers(num_frames))
+    ref_t = int(rng.choice([t for t in range(num_frames) if 0 < abs(t - cur_t) <= max_gap]))
+    frames = []
+    for t in (cur_t, ref_t):
+        image, owner, _, _ = _render_frame(scene, t, ("occlusion",))
+        image += rng.normal(0.0, 3.0, image.shape).astype(np.float32)
+        frames.append(np.clip(image + 0.5, 0, 255).astype(np.uint8))
+        if t == cur_t:
+            cur_owner = owner
+    return frames[0], frames[1], _scene_flow(scene, cur_owner, cur_t, ref_t)
+
+
+def _scene_flow(scene: _Scene, owner: np.ndarray, cur_t: int, ref_t: int) -> np.ndarray:
+    """(2, H, W) flow from frame ``cur_t`` (whose pixel owners are ``owner``) to ``ref_t``."""
+    height, width = scene.size
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64) + 0.5
+    # The background is a still image seen through a panning view.
+    dy, dx = scene.pan[cur_t] - scene.pan[ref_t]
+    flow = np.stack([np.full_like(xs, dx), np.full_like(ys, dy)])
+    for k, track in enumerate(scene.tracks):
+        mask = owner == k
+        (cy, cx), (ry, rx) = track.centers[cur_t], track.centers[ref_t]
+        scale = track.heights[ref_t] / track.heights[cur_t]
+        flow[0][mask] = rx + (xs[mask] - cx) * scale - xs[mask]
+        flow[1][mask] = ry + (ys[mask] - cy) * scale - ys[mask]
+    for j, pole in enumerate(scene.poles):
+        mask = owner == _pole_owner(j)
+        shift = _pole_center(pole, ref_t) - _pole_center(pole, cur_t)
+        flow[0 if pole["vertical"] else 1][mask] = shift
+        flow[1 if pole["vertical"] else 0][mask] = 0.0
+    return flow.astype(np.float32)
+
+
+def _pole_owner(j: int) -> int:
+    """The owner code of pole ``j``'s pixels (negative, below the background's -1)."""
+    return -2 - j
+
+
+def _profile(profile: Union[str, DegradationProfile]) -> DegradationProfile:
+    if isinstance(profile, DegradationProfile):
+        return profile
+    if profile not in PROFILES:
+        raise ValueError(f"unknown degradation profile {profile!r}; choose one of {list(PROFILES)}")
+    return PROFILES[profile]
 
 
 def generate_synthetic_dataset(
@@ -172,7 +361,9 @@ def generate_synthetic_dataset(
     num_val_videos: int = 8,
     num_det_images: int = 60,
     num_frames: Tuple[int, int] = (40, 120),
+    val_num_frames: Optional[Tuple[int, int]] = None,
     size: Tuple[int, int] = (128, 160),
+    profile: str = "default",
 ) -> str:
     """
     Write a synthetic dataset in the ILSVRC2015 layout at ``output_dir`` (which must not
@@ -182,6 +373,7 @@ def generate_synthetic_dataset(
     ``Annotations/DET/train``, ``ImageSets/VID_train_15frames.txt`` (FGFA's 15 frames per
     snippet, all frames of shorter ones), ``ImageSets/VID_val_videos.txt``,
     ``ImageSets/DET_train_30classes.txt`` and ``synthetic.json`` (options and degradations).
+    The DET still images are never degraded.
 
     Args:
         output_dir: the dataset root to create.
@@ -189,11 +381,14 @@ def generate_synthetic_dataset(
         num_train_videos, num_val_videos: number of snippets per split.
         num_det_images: number of DET still images (sharp, one frame each).
         num_frames: (min, max) frames of a video, inclusive.
+        val_num_frames: the same for the validation videos; None: ``num_frames``.
         size: (H, W) of the images.
+        profile: the videos' degradations, a name in :data:`PROFILES`.
 
     Returns:
         str: ``output_dir``.
     """
+    _profile(profile)
     output_dir = os.path.abspath(output_dir)
     if os.path.exists(output_dir):
         raise FileExistsError(f"{output_dir} exists; generate_synthetic_dataset needs a new folder")
@@ -206,17 +401,22 @@ def generate_synthetic_dataset(
             "seed": seed,
             "classes": list(SYNTHETIC_CLASSES),
             "size": list(size),
+            "profile": profile,
             "degradations": {},
         }
         lists: Dict[str, List[str]] = {"VID_train_15frames": [], "VID_val_videos": []}
-        for split, count, code in (("train", num_train_videos, 0), ("val", num_val_videos, 1)):
+        splits = (
+            ("train", num_train_videos, 0, num_frames),
+            ("val", num_val_videos, 1, val_num_frames or num_frames),
+        )
+        for split, count, code, (shortest, longest) in splits:
             for index in range(count):
                 rng = np.random.default_rng([seed, code, index])
-                video = render_video(rng, int(rng.integers(num_frames[0], num_frames[1] + 1)), size)
+                length = int(rng.integers(shortest, longest + 1))
+                video = render_video(rng, length, size, profile=profile)
                 snippet = _snippet_name(split, index)
                 _write_video(tmp, snippet, video)
                 manifest["degradations"][f"VID/{snippet}"] = video.degradations
-                length = len(video.frames)
                 if split == "train":
                     for frame in fgfa_train_frames(length):
                         lists["VID_train_15frames"].append(f"{snippet} 1 {frame} {length}")
@@ -229,7 +429,7 @@ def generate_synthetic_dataset(
             rng = np.random.default_rng([seed, 2, index])
             still = render_video(rng, 1, size, degrade=())
             path = f"train/SYNTHETIC_DET_train_0000/SYNTHETIC_DET_train_{index:08d}"
-            _write_frame(tmp, "DET", path, still.frames[0], still.objects[0], size, track=False)
+            _write_frame(tmp, "DET", path, still.frames[0], still.objects[0], [], track=False)
             det.append(f"{path} {index + 1}")
         lists["DET_train_30classes"] = det
         os.makedirs(os.path.join(tmp, "ImageSets"))
@@ -360,6 +560,51 @@ def write_synthetic_video(
     return path
 
 
+def write_flow_pairs(
+    output_dir: str,
+    num_pairs: int,
+    size: Tuple[int, int] = (128, 160),
+    seed: int = 0,
+    max_gap: int = 10,
+) -> str:
+    """
+    Write ``num_pairs`` pairs of :func:`render_flow_pair` in FlyingChairs' layout:
+    ``<i:05d>_img1.png`` (the current frame), ``<i:05d>_img2.png`` (the reference frame) and
+    ``<i:05d>_flow.flo`` (Middlebury .flo: float32 ``202021.25``, int32 width and height, then
+    (u, v) per pixel, row by row), 1-based, in a new folder written atomically. Pair ``i`` of a
+    seed is always the same.
+
+    Returns:
+        str: ``output_dir``.
+    """
+    output_dir = os.path.abspath(output_dir)
+    if os.path.exists(output_dir):
+        raise FileExistsError(f"{output_dir} exists; write_flow_pairs needs a new folder")
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
+    try:
+        for i in range(num_pairs):
+            cur, ref, flow = render_flow_pair(flow_pair_rng(seed, i), size, max_gap)
+            stem = os.path.join(tmp, f"{i + 1:05d}")
+            Image.fromarray(cur).save(f"{stem}_img1.png")
+            Image.fromarray(ref).save(f"{stem}_img2.png")
+            with open(f"{stem}_flow.flo", "wb") as f:
+                np.float32(202021.25).tofile(f)
+                np.array([size[1], size[0]], np.int32).tofile(f)
+                np.ascontiguousarray(flow.transpose(1, 2, 0), np.float32).tofile(f)
+        os.rename(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def flow_pair_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of flow pair ``index`` of ``seed`` (apart from every video's)."""
+    return np.random.default_rng([seed, 4, index])
+
+
 def _background(rng, height: int, width: int) -> np.ndarray:
     """(H, W, 3) float32 smooth colour field plus blotchy texture."""
     # Low-saturation tones: a grey level per cell, slightly tinted, so objects' colours stand out.
@@ -420,17 +665,18 @@ def _sample_track(rng, num_frames, height, width, unit) -> _Track:
     return _Track(category, centers, heights, aspect)
 
 
-def _runs(rng, num_frames: int) -> List[range]:
+def _runs(rng, num_frames: int, profile: DegradationProfile) -> List[range]:
     """
-    About one run of 4-12 consecutive frames per 60 frames (at least one), not overlapping one
-    another; shorter videos get shorter runs.
+    About one run of ``profile.run_length`` consecutive frames per ``profile.frames_per_run``
+    frames (at least one), not overlapping one another; shorter videos get shorter runs.
     """
-    count = max(1, round(num_frames / _FRAMES_PER_RUN))
+    count = max(1, round(num_frames / profile.frames_per_run))
     # Each run gets its own slot of the video, so runs never touch.
     slot = num_frames // count
+    shortest, longest = profile.run_length
     runs = []
     for k in range(count):
-        length = min(int(rng.integers(_RUN_LENGTH[0], _RUN_LENGTH[1] + 1)), max(1, slot - 1))
+        length = min(int(rng.integers(shortest, longest + 1)), max(1, slot - 1))
         start = k * slot + int(rng.integers(0, max(1, slot - length)))
         runs.append(range(start, min(num_frames, start + length)))
     return runs
@@ -515,12 +761,12 @@ def _draw_object(image, owner, k: int, track: _Track, t: int):
     return int(mask.sum()), (x0 + xs.min(), y0 + ys.min(), x0 + xs.max(), y0 + ys.max())
 
 
-def _sample_pole(rng, num_frames, height, width, unit) -> dict:
+def _sample_pole(rng, num_frames, height, width, profile: DegradationProfile) -> dict:
     """A textured pole sweeping across the frame during part of the video."""
     vertical = bool(rng.integers(2))
     extent = width if vertical else height
-    thickness = rng.uniform(0.12, 0.2) * min(height, width)
-    duration = min(num_frames, max(2, int(num_frames * rng.uniform(0.4, 0.7))))
+    thickness = rng.uniform(*profile.occluder_thickness) * min(height, width)
+    duration = min(num_frames, max(2, int(num_frames * rng.uniform(*profile.occluder_duration))))
     start = int(rng.integers(0, num_frames - duration + 1))
     ends = (-thickness, extent + thickness) if rng.integers(2) else (extent + thickness, -thickness)
     color = rng.uniform(60, 120, 3)
@@ -528,14 +774,21 @@ def _sample_pole(rng, num_frames, height, width, unit) -> dict:
                 ends=ends, color=color)  # fmt: skip
 
 
-def _draw_pole(image, owner, pole: dict, t: int, num_objects: int) -> List[bool]:
-    """Paint the pole at frame ``t``; return, per object, whether it hides pixels of it."""
-    hidden = [False] * num_objects
-    step = t - pole["start"]
-    if not 0 <= step < pole["duration"]:
-        return hidden
+def _pole_center(pole: dict, t: int) -> float:
+    """The pole's centre line at frame ``t`` (it moves at constant speed, also off screen)."""
     first, last = pole["ends"]
-    center = first + (last - first) * step / max(1, pole["duration"] - 1)
+    return first + (last - first) * (t - pole["start"]) / max(1, pole["duration"] - 1)
+
+
+def _draw_pole(image, owner, pole: dict, t: int, num_objects: int, code: int) -> List[bool]:
+    """
+    Paint the pole at frame ``t``, its pixels' owner being ``code``; return, per object,
+    whether it hides pixels of it.
+    """
+    hidden = [False] * num_objects
+    if not 0 <= t - pole["start"] < pole["duration"]:
+        return hidden
+    center = _pole_center(pole, t)
     low, high = center - pole["thickness"] / 2, center + pole["thickness"] / 2
     extent = image.shape[1] if pole["vertical"] else image.shape[0]
     coords = np.arange(extent) + 0.5
@@ -550,22 +803,24 @@ def _draw_pole(image, owner, pole: dict, t: int, num_objects: int) -> List[bool]
     grain = 1.0 - 0.2 * (np.arange(int(inside.sum())) % 3 == 0)
     color = grain[:, None] * pole["color"]
     image[region] = color[None] if pole["vertical"] else color[:, None]
-    owner[region] = -2
+    owner[region] = code
     return hidden
 
 
 def _visible_objects(tracks: List[_Track], owner: np.ndarray, areas) -> List[dict]:
-    counts = np.bincount(owner.ravel() + 2, minlength=len(tracks) + 2)[2:]
+    counts = np.bincount(owner[owner >= 0].ravel(), minlength=len(tracks))
     objects = []
     for k, (track, (area, box)) in enumerate(zip(tracks, areas)):
         if counts[k] < _MIN_VISIBLE_PIXELS:
             continue
+        visible = float(counts[k] / area)
         objects.append(
             dict(
                 track_id=k,
                 category=track.category,
                 box=tuple(int(c) for c in box),
-                occluded=bool(counts[k] < _OCCLUDED_BELOW_VISIBLE * area),
+                visible=visible,
+                occluded=visible < OCCLUDED_BELOW_VISIBLE,
             )
         )
     return objects
@@ -578,25 +833,33 @@ def _snippet_name(split: str, index: int) -> str:
 
 
 def _write_video(root: str, snippet: str, video: SyntheticVideo) -> None:
-    size = video.frames[0].shape[:2]
-    for t, (frame, objects) in enumerate(zip(video.frames, video.objects)):
-        _write_frame(root, "VID", f"{snippet}/{t:06d}", frame, objects, size, track=True)
+    for t, (frame, objects, degradations) in enumerate(
+        zip(video.frames, video.objects, video.degradations)
+    ):
+        _write_frame(root, "VID", f"{snippet}/{t:06d}", frame, objects, degradations, track=True)
 
 
-def _write_frame(root, kind, stem, frame, objects, size, track: bool) -> None:
-    """One JPEG under Data/<kind> and its XML under Annotations/<kind>, as ILSVRC writes them."""
+def _write_frame(root, kind, stem, frame, objects, degradations, track: bool) -> None:
+    """
+    One JPEG under Data/<kind> and its XML under Annotations/<kind>, as ILSVRC writes them,
+    plus the frame's ``<conditions>`` and each object's ``<visible>`` fraction.
+    """
     image_file = os.path.join(root, "Data", kind, f"{stem}.JPEG")
     xml_file = os.path.join(root, "Annotations", kind, f"{stem}.xml")
     for path in (image_file, xml_file):
         os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.fromarray(frame).save(image_file, quality=92)
     folder, name = os.path.split(stem)
+    height, width = frame.shape[:2]
+    conditions = " ".join(d for d in degradations if d in FRAME_CONDITIONS)
     parts = [
         f"<annotation>\n\t<folder>{os.path.basename(folder)}</folder>\n"
         f"\t<filename>{name}</filename>\n"
         "\t<source>\n\t\t<database>vod_d2 synthetic</database>\n\t</source>\n"
-        f"\t<size>\n\t\t<width>{size[1]}</width>\n\t\t<height>{size[0]}</height>\n\t</size>\n"
+        f"\t<size>\n\t\t<width>{width}</width>\n\t\t<height>{height}</height>\n\t</size>\n"
     ]
+    if conditions:
+        parts.append(f"\t<conditions>{conditions}</conditions>\n")
     for obj in objects:
         xmin, ymin, xmax, ymax = obj["box"]
         wnid = VID_WNIDS[VID_CLASSES.index(SYNTHETIC_CLASSES[obj["category"]])]
@@ -612,7 +875,7 @@ def _write_frame(root, kind, stem, frame, objects, size, track: bool) -> None:
             parts.append(
                 f"\t\t<occluded>{int(obj['occluded'])}</occluded>\n\t\t<generated>0</generated>\n"
             )
-        parts.append("\t</object>\n")
+        parts.append(f"\t\t<visible>{obj['visible']:.4f}</visible>\n\t</object>\n")
     parts.append("</annotation>\n")
     with open(xml_file, "w") as f:
         f.write("".join(parts))
@@ -624,6 +887,11 @@ def get_parser() -> argparse.ArgumentParser:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--output", help="dataset root to create (ILSVRC2015 layout)")
     target.add_argument("--video", help="write one synthetic video file instead (e.g. demo.mp4)")
+    target.add_argument(
+        "--flow-pairs",
+        help="write frame pairs with their ground-truth flow to this new folder instead "
+        "(FlyingChairs layout; see --num-pairs)",
+    )
     parser.add_argument(
         "--seed",
         type=int,
@@ -667,6 +935,24 @@ def get_parser() -> argparse.ArgumentParser:
         help="frames of the --video file (default: %(default)s)",
     )
     parser.add_argument(
+        "--benchmark",
+        action="store_true",
+        help="with --output: write the accuracy benchmark's split (BENCHMARK_OPTIONS; the "
+        "other options are ignored but --seed)",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=list(PROFILES),
+        default=defaults["profile"],
+        help="how long, strong and frequent the degradations are (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--num-pairs",
+        type=int,
+        default=1000,
+        help="pairs written by --flow-pairs (default: %(default)s)",
+    )
+    parser.add_argument(
         "--ground-truth",
         help="with --video: also write the video's objects to this json (see "
         "vod_d2.evaluation.recall)",
@@ -690,6 +976,15 @@ def main(argv=None) -> None:
         )
         print(f"wrote {args.video}" + (f" and {args.ground_truth}" if args.ground_truth else ""))
         return
+    size = (args.height or defaults["size"][0], args.width or defaults["size"][1])
+    if args.flow_pairs:
+        write_flow_pairs(args.flow_pairs, args.num_pairs, size, seed=args.seed)
+        print(f"wrote {args.num_pairs} pairs to {args.flow_pairs}")
+        return
+    if args.benchmark:
+        generate_synthetic_dataset(args.output, seed=args.seed, **BENCHMARK_OPTIONS)
+        print(f"wrote {args.output}")
+        return
     generate_synthetic_dataset(
         args.output,
         seed=args.seed,
@@ -697,7 +992,8 @@ def main(argv=None) -> None:
         num_val_videos=args.num_val_videos,
         num_det_images=args.num_det_images,
         num_frames=(args.min_frames, args.max_frames),
-        size=(args.height or defaults["size"][0], args.width or defaults["size"][1]),
+        size=size,
+        profile=args.profile,
     )
     print(f"wrote {args.output}")
 

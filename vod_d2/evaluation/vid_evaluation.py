@@ -30,6 +30,12 @@ reference code (and the later VID code bases that copied it) computes, so it is 
 comparability with published slow/medium/fast numbers. With no GT ignored, these rules reduce
 exactly to the devkit.
 
+**AP by condition of the ground truth** (:mod:`.conditions`). Where the ground truth says in
+what condition each box was seen (a frame's tags such as ``motion_blur`` or ``defocus``, an
+object's ``occluded`` flag), AP is also computed per condition, beside the motion bins: with
+only the GT in that condition counted, the rest ignored as in a motion bin. Those rules are
+vod_d2's (no published number to match); see :mod:`.conditions`.
+
 **COCO AP/AP50/AP75 (pycocotools).** The usual COCO protocol (IoU 0.5:0.95, at most 100 detections
 per frame, COCO area ranges) on the same frames, with continuous box widths ``x1 - x0`` as other
 video toolkits' CocoVID conversions use. Neither the small-object rule nor the ``+1`` applies.
@@ -40,16 +46,19 @@ import dataclasses
 import io
 import logging
 from dataclasses import dataclass
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from .conditions import CLEAN, DEGRADED, condition_subsets, condition_tp_fp
+
 __all__ = [
     "MOTION_BIN_NAMES",
     "FrameGroundTruth",
     "FrameDetections",
+    "Matching",
     "VIDMetrics",
     "inclusive_iou",
     "small_object_thresholds",
@@ -57,6 +66,8 @@ __all__ = [
     "motion_ious",
     "motion_bins",
     "evaluate_vid",
+    "match_detections",
+    "class_aps",
     "coco_ap",
 ]
 
@@ -82,6 +93,11 @@ class FrameGroundTruth:
         boxes (ndarray): (G, 4) float64 XYXY boxes in the devkit's pixel-inclusive convention.
         classes (ndarray): (G,) int64 contiguous class ids.
         track_ids (ndarray): (G,) int64 track ids, -1 for boxes without a track.
+        condition_names (tuple[str]): K conditions the GT is tagged with (may be empty).
+        frame_conditions (ndarray): (F, K) bool, the conditions that hold for a whole frame (its
+            tags, e.g. ``motion_blur``); False for an object's condition (``occluded``).
+        box_conditions (ndarray): (G, K) bool, the conditions each box was seen in: its frame's
+            and its own.
     """
 
     image_ids: np.ndarray
@@ -93,6 +109,9 @@ class FrameGroundTruth:
     boxes: np.ndarray
     classes: np.ndarray
     track_ids: np.ndarray
+    condition_names: Tuple[str, ...] = ()
+    frame_conditions: Optional[np.ndarray] = None
+    box_conditions: Optional[np.ndarray] = None
 
     def __post_init__(self):
         _coerce(self, ("image_ids", "heights", "widths", "frame_video", "frame_index"), np.int64)
@@ -104,6 +123,23 @@ class FrameGroundTruth:
             self.image_ids
         ):
             raise ValueError(f"box_frame must index the {len(self.image_ids)} frames.")
+        names = tuple(self.condition_names)
+        reserved = {"all", CLEAN, DEGRADED, *MOTION_BIN_NAMES} & set(names)
+        if reserved or len(set(names)) != len(names):
+            raise ValueError(
+                f"Condition names {list(names)} repeat a name or use a reserved one "
+                f"{sorted(reserved)} (all, clean, degraded and the motion bins are reported)."
+            )
+        object.__setattr__(self, "condition_names", names)
+        for field, rows in (("frame_conditions", self.num_frames), ("box_conditions", len(self))):
+            value = getattr(self, field)
+            value = np.zeros((rows, len(names)), bool) if value is None else value
+            value = np.asarray(value, dtype=bool).reshape(rows, len(names))
+            object.__setattr__(self, field, value)
+
+    def __len__(self) -> int:
+        """G, the number of GT boxes."""
+        return len(self.box_frame)
 
     @property
     def num_frames(self) -> int:
@@ -156,12 +192,17 @@ class VIDMetrics:
         class_num_gt (ndarray): (C,) number of GT boxes of each class.
         motion_class_ap (dict[str, ndarray]): bin name -> (C,) AP within that motion bin.
         motion_class_num_gt (dict[str, ndarray]): bin name -> (C,) number of GT boxes in the bin.
+        condition_class_ap (dict[str, ndarray]): condition -> (C,) AP of the GT in that
+            condition (:func:`.conditions.condition_subsets`; empty without conditions).
+        condition_class_num_gt (dict[str, ndarray]): condition -> (C,) GT boxes in it.
     """
 
     class_ap: np.ndarray
     class_num_gt: np.ndarray
     motion_class_ap: Dict[str, np.ndarray]
     motion_class_num_gt: Dict[str, np.ndarray]
+    condition_class_ap: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    condition_class_num_gt: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def mean_ap(self) -> float:
@@ -172,10 +213,20 @@ class VIDMetrics:
         """FGFA motion-bin mAP: mean AP over the classes with GT in bin ``bin_name``."""
         return _mean_over_classes(self.motion_class_ap[bin_name])
 
+    def condition_mean_ap(self, condition: str) -> float:
+        """mAP of the GT in ``condition``: mean AP over the classes with GT in it."""
+        return _mean_over_classes(self.condition_class_ap[condition])
+
 
 def _mean_over_classes(ap: np.ndarray) -> float:
+    return float(mean_over_classes(ap))
+
+
+def mean_over_classes(ap: np.ndarray) -> np.ndarray:
+    """(..., C) APs -> (...) means over the classes that are not NaN (NaN where none is)."""
     valid = ~np.isnan(ap)
-    return float(ap[valid].mean()) if valid.any() else float("nan")
+    with np.errstate(invalid="ignore"):
+        return np.where(valid, ap, 0.0).sum(-1) / valid.sum(-1)
 
 
 def inclusive_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
@@ -339,7 +390,7 @@ def _match(
     thresholds: np.ndarray,
     gt_group: np.ndarray,
     num_groups: int,
-) -> Tuple[np.ndarray, np.ndarray]:
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy devkit matching plus each detection's best IoU (any class) per GT group.
 
     ``det`` must be sorted by (frame, descending score) and ``gt`` by frame.
@@ -348,11 +399,14 @@ def _match(
         matched (ndarray): (N,) int64 GT index matched by each detection, -1 if none.
         group_max_iou (ndarray): (N, num_groups) best IoU with a GT box of each group, -1 when the
             frame has no GT box of that group.
+        best_gt (ndarray): (N,) int64 the GT box (any class) of highest IoU with each
+            detection, the first on ties; -1 when it overlaps none.
     """
     num_det = len(det.scores)
     gt_count = np.bincount(gt.box_frame, minlength=gt.num_frames)
     gt_start = np.cumsum(gt_count) - gt_count
     group_max_iou = np.full((num_det, num_groups), -1.0)
+    best_gt = np.full(num_det, -1, dtype=np.int64)
     cand_det, cand_gt, cand_iou = [], [], []
     for det_idx, gt_idx in _same_frame_pairs(det.frame, gt_start, gt_count):
         ious = inclusive_iou(det.boxes[det_idx], gt.boxes[gt_idx])
@@ -366,9 +420,13 @@ def _match(
         for group in range(num_groups):
             masked = np.where(gt_group[gt_idx] == group, ious, -1.0)
             group_max_iou[seg_det, group] = np.maximum.reduceat(masked, seg_start)
+        seg_max = np.maximum.reduceat(ious, seg_start)
+        at_max = ious == np.repeat(seg_max, np.diff(np.r_[seg_start, len(ious)]))
+        first = np.minimum.reduceat(np.where(at_max, np.arange(len(ious)), len(ious)), seg_start)
+        best_gt[seg_det] = np.where(seg_max > 0, gt_idx[first], -1)
     matched = np.full(num_det, -1, dtype=np.int64)
     if not cand_det:
-        return matched, group_max_iou
+        return matched, group_max_iou, best_gt
     # Only pairs above threshold can match, so the sequential greedy pass is short.
     cand_det = np.concatenate(cand_det).tolist()
     cand_gt = np.concatenate(cand_gt).tolist()
@@ -376,46 +434,62 @@ def _match(
     taken = set()
     i, num_cand = 0, len(cand_det)
     while i < num_cand:
-        d, best_gt, best_iou = cand_det[i], -1, -1.0
+        d, best, best_iou = cand_det[i], -1, -1.0
         while i < num_cand and cand_det[i] == d:
             # Strict ">" keeps the first GT box on ties, as the devkit does.
             if cand_iou[i] > best_iou and cand_gt[i] not in taken:
-                best_gt, best_iou = cand_gt[i], cand_iou[i]
+                best, best_iou = cand_gt[i], cand_iou[i]
             i += 1
-        if best_gt >= 0:
-            taken.add(best_gt)
-            matched[d] = best_gt
-    return matched, group_max_iou
+        if best >= 0:
+            taken.add(best)
+            matched[d] = best
+    return matched, group_max_iou, best_gt
 
 
-def _class_aps(
+def class_aps(
     order: np.ndarray,
     det_classes: np.ndarray,
     tp: np.ndarray,
     fp: np.ndarray,
     num_gt: np.ndarray,
 ) -> np.ndarray:
-    """AP of every class from TP/FP weights; ``order`` groups detections by class, best first."""
-    num_classes = len(num_gt)
-    aps = np.full(num_classes, np.nan)
+    """
+    AP of every class from TP/FP weights, for one or several weightings at once.
+
+    Args:
+        order (ndarray): (N,) detections grouped by class (ascending), best first in a class.
+        det_classes (ndarray): (N,) class of each detection.
+        tp, fp (ndarray): (..., N) TP and FP weight of each detection (a leading dimension
+            holds several weightings, e.g. bootstrap samples).
+        num_gt (ndarray): (..., C) (weighted) number of GT boxes of each class.
+
+    Returns:
+        ndarray: (..., C) APs, NaN where a class has no GT.
+    """
+    num_gt = np.asarray(num_gt, dtype=np.float64)
+    num_classes = num_gt.shape[-1]
+    aps = np.full(num_gt.shape, np.nan)
     bounds = np.r_[0, np.cumsum(np.bincount(det_classes, minlength=num_classes))]
     for c in range(num_classes):
-        if num_gt[c] == 0:
-            continue
         rows = order[bounds[c] : bounds[c + 1]]
-        tp_cum = np.cumsum(tp[rows])
-        fp_cum = np.cumsum(fp[rows])
+        has_gt = num_gt[..., c] > 0
+        tp_cum = np.cumsum(tp[..., rows], axis=-1)
+        fp_cum = np.cumsum(fp[..., rows], axis=-1)
         precision = tp_cum / np.maximum(tp_cum + fp_cum, np.finfo(np.float64).eps)
-        aps[c] = voc_ap(tp_cum / num_gt[c], precision)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recall = tp_cum / num_gt[..., c, None]
+        # voc_ap, vectorised: the area under the precision envelope, step by recall step.
+        envelope = np.maximum.accumulate(precision[..., ::-1], axis=-1)[..., ::-1]
+        steps = np.diff(recall, axis=-1, prepend=0.0)
+        aps[..., c] = np.where(has_gt, (steps * envelope).sum(-1), np.nan)
     return aps
 
 
 def _sorted_for_matching(gt: FrameGroundTruth, det: FrameDetections):
     """GT boxes sorted by frame; detections by (frame, descending score)."""
     gt_order = np.argsort(gt.box_frame, kind="stable")
-    gt = dataclasses.replace(
-        gt, **{k: getattr(gt, k)[gt_order] for k in ("box_frame", "boxes", "classes", "track_ids")}
-    )
+    box_fields = ("box_frame", "boxes", "classes", "track_ids", "box_conditions")
+    gt = dataclasses.replace(gt, **{k: getattr(gt, k)[gt_order] for k in box_fields})
     # lexsort is stable: equal scores keep the input order, like MATLAB's sort in the devkit.
     det_order = np.lexsort((-det.scores, det.frame))
     det = dataclasses.replace(
@@ -433,7 +507,90 @@ def _check_classes(classes: np.ndarray, num_classes: int, what: str) -> None:
         )
 
 
-def evaluate_vid(
+@dataclass(frozen=True)
+class Matching:
+    """
+    The detections of one run matched to the ground truth once: every AP of
+    :func:`evaluate_vid`, and of its bootstrap samples (:mod:`.bootstrap`), is computed from it.
+
+    Attributes:
+        gt (FrameGroundTruth): the GT, boxes sorted by frame (G boxes).
+        det (FrameDetections): the detections, sorted by (frame, descending score) (N).
+        num_classes (int): C.
+        matched (ndarray): (N,) GT box matched by each detection (devkit rules), -1 if none.
+        best_gt (ndarray): (N,) GT box (any class) each detection overlaps most, -1 if none.
+        group_max_iou (ndarray): (N, 3) best IoU of each detection with each motion bin's GT.
+        box_bin (ndarray): (G,) motion bin of each GT box.
+        order (ndarray): (N,) detections grouped by class, best first: equal scores stay in
+            (frame, in-frame) order, as in the devkit's pooled stable sort.
+    """
+
+    gt: FrameGroundTruth
+    det: FrameDetections
+    num_classes: int
+    matched: np.ndarray
+    best_gt: np.ndarray
+    group_max_iou: np.ndarray
+    box_bin: np.ndarray
+    order: np.ndarray
+
+    def subsets(self) -> Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """
+        The GT subsets AP is reported on, with each detection's TP and FP weight there.
+
+        Returns:
+            dict: ``"all"`` (the devkit), each of :data:`MOTION_BIN_NAMES` (FGFA's rules) and
+            each condition of :func:`.conditions.condition_subsets` -> ((N,) TP weights,
+            (N,) FP weights, (G,) bool the GT boxes that count).
+        """
+        everything = np.ones(len(self.gt), dtype=bool)
+        out = {"all": (*self._motion_tp_fp(everything), everything)}
+        for b, name in enumerate(MOTION_BIN_NAMES):
+            in_bin = self.box_bin == b
+            out[name] = (*self._motion_tp_fp(in_bin), in_bin)
+        gt = self.gt
+        conditions = condition_subsets(
+            gt.condition_names, gt.frame_conditions, gt.box_frame, gt.box_conditions
+        )
+        for name, (in_box, frame_weight) in conditions.items():
+            tp_fp = condition_tp_fp(
+                self.matched, self.best_gt, self.det.frame, in_box, frame_weight
+            )
+            out[name] = (*tp_fp, in_box)
+        return out
+
+    def class_aps(
+        self, tp: np.ndarray, fp: np.ndarray, in_box: np.ndarray, weights=None
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """
+        Per-class AP of one subset, optionally with every frame weighted (a bootstrap sample).
+
+        Args:
+            tp, fp (ndarray): (N,) weights of :meth:`subsets`.
+            in_box (ndarray): (G,) the GT boxes that count.
+            weights (ndarray or None): (S, F) weight of every frame in S samples.
+
+        Returns:
+            tuple[ndarray, ndarray]: APs and (weighted) GT counts, (C,) each, or (S, C) with
+            ``weights``.
+        """
+        classes = self.gt.classes[in_box]
+        if weights is None:
+            num_gt = np.bincount(classes, minlength=self.num_classes)
+            return class_aps(self.order, self.det.classes, tp, fp, num_gt), num_gt
+        det_weights = weights[:, self.det.frame]
+        box_weights = weights[:, self.gt.box_frame[in_box]]
+        num_gt = np.stack([np.bincount(classes, w, self.num_classes) for w in box_weights])
+        aps = class_aps(self.order, self.det.classes, tp * det_weights, fp * det_weights, num_gt)
+        return aps, num_gt
+
+    def _motion_tp_fp(self, in_bin: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        return _tp_fp_weights(
+            self.gt, self.det, self.matched, self.group_max_iou, self.box_bin, in_bin
+        )
+
+
+def match_detections(
     gt: FrameGroundTruth,
     det: FrameDetections,
     num_classes: int,
@@ -441,19 +598,14 @@ def evaluate_vid(
     motion_frames: int = 10,
     iou_threshold: float = 0.5,
     pixel_tolerance: float = 10.0,
-) -> VIDMetrics:
-    """ImageNet VID devkit AP per class and FGFA motion-bin APs (see the module docstring).
+) -> Matching:
+    """
+    Match detections to the ground truth with the devkit's rules (module docstring).
 
-    Args:
-        gt (FrameGroundTruth): GT of all evaluated frames (frames without GT included).
-        det (FrameDetections): detections on those frames, in any order.
-        num_classes (int): C.
-        motion_frames (int): K of the motion IoU (frames on either side).
-        iou_threshold (float): IoU threshold for objects large enough (0.5 in the devkit).
-        pixel_tolerance (float): small-object slack in pixels (10 in the devkit).
+    Args: as :func:`evaluate_vid`.
 
     Returns:
-        VIDMetrics: overall and per-motion-bin APs per class.
+        Matching: what every AP is computed from.
     """
     _check_classes(gt.classes, num_classes, "Ground truth")
     _check_classes(det.classes, num_classes, "Detections")
@@ -468,22 +620,49 @@ def evaluate_vid(
             motion_frames,
         )
     )
-    num_bins = len(MOTION_BIN_NAMES)
-    matched, group_max_iou = _match(gt, det, thresholds, box_bin, num_bins)
-    # Grouped by class, best first; equal scores stay in (frame, in-frame) order (lexsort is
-    # stable), as in the devkit's pooled stable sort.
+    matched, group_max_iou, best_gt = _match(gt, det, thresholds, box_bin, len(MOTION_BIN_NAMES))
     order = np.lexsort((-det.scores, det.classes))
+    return Matching(gt, det, num_classes, matched, best_gt, group_max_iou, box_bin, order)
 
-    def class_aps(in_bin: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        tp, fp = _tp_fp_weights(gt, det, matched, group_max_iou, box_bin, in_bin)
-        num_gt = np.bincount(gt.classes[in_bin], minlength=num_classes)
-        return _class_aps(order, det.classes, tp, fp, num_gt), num_gt
 
-    class_ap, class_num_gt = class_aps(np.ones(len(box_bin), dtype=bool))
-    motion_ap, motion_num_gt = {}, {}
-    for b, name in enumerate(MOTION_BIN_NAMES):
-        motion_ap[name], motion_num_gt[name] = class_aps(box_bin == b)
-    return VIDMetrics(class_ap, class_num_gt, motion_ap, motion_num_gt)
+def evaluate_vid(
+    gt: FrameGroundTruth,
+    det: FrameDetections,
+    num_classes: int,
+    *,
+    motion_frames: int = 10,
+    iou_threshold: float = 0.5,
+    pixel_tolerance: float = 10.0,
+) -> VIDMetrics:
+    """ImageNet VID devkit AP per class, FGFA motion-bin APs and, where the GT has conditions,
+    the AP of each condition (see the module docstring).
+
+    Args:
+        gt (FrameGroundTruth): GT of all evaluated frames (frames without GT included).
+        det (FrameDetections): detections on those frames, in any order.
+        num_classes (int): C.
+        motion_frames (int): K of the motion IoU (frames on either side).
+        iou_threshold (float): IoU threshold for objects large enough (0.5 in the devkit).
+        pixel_tolerance (float): small-object slack in pixels (10 in the devkit).
+
+    Returns:
+        VIDMetrics: overall, per-motion-bin and per-condition APs per class.
+    """
+    matching = match_detections(
+        gt, det, num_classes, motion_frames=motion_frames, iou_threshold=iou_threshold,
+        pixel_tolerance=pixel_tolerance,
+    )  # fmt: skip
+    aps = {name: matching.class_aps(*subset) for name, subset in matching.subsets().items()}
+    class_ap, class_num_gt = aps.pop("all")
+    motion = {name: aps.pop(name) for name in MOTION_BIN_NAMES}
+    return VIDMetrics(
+        class_ap,
+        class_num_gt,
+        {name: ap for name, (ap, _) in motion.items()},
+        {name: n for name, (_, n) in motion.items()},
+        {name: ap for name, (ap, _) in aps.items()},
+        {name: n for name, (_, n) in aps.items()},
+    )
 
 
 def _tp_fp_weights(

@@ -61,6 +61,8 @@ def ground_truth_from_records(
 
     Every record is an evaluated frame, in the given order, whether or not it has annotations.
     Boxes are used as the records give them (the devkit's pixel-inclusive XML coordinates).
+    The conditions (see :mod:`.conditions`) are the records' ``conditions`` tags, sorted, then
+    ``occluded`` where an annotation is flagged so; a dataset with neither has none.
 
     Args:
         records (list[dict]): frame records with image_id, height, width, video_id, frame_idx and
@@ -73,7 +75,7 @@ def ground_truth_from_records(
     """
     video_index: Dict[str, int] = {}
     frames = {k: [] for k in ("image_ids", "heights", "widths", "frame_video", "frame_index")}
-    box_frame, boxes, classes, track_ids = [], [], [], []
+    box_frame, boxes, classes, track_ids, occluded = [], [], [], [], []
     seen_image_ids = set()
     for f, record in enumerate(records):
         missing = [
@@ -117,9 +119,20 @@ def ground_truth_from_records(
             boxes.append(box)
             classes.append(category)
             track_ids.append(track)
+            occluded.append(bool(ann.get("occluded", False)))
+    tags = sorted({tag for record in records for tag in record.get("conditions", ())})
+    frame_conditions = np.array(
+        [[tag in record.get("conditions", ()) for tag in tags] for record in records], bool
+    ).reshape(len(records), len(tags))
+    box_conditions = frame_conditions[np.asarray(box_frame, dtype=np.int64)]
+    if any(occluded):
+        tags.append("occluded")
+        frame_conditions = np.column_stack([frame_conditions, np.zeros(len(records), bool)])
+        box_conditions = np.column_stack([box_conditions, occluded])
     gt = FrameGroundTruth(
-        **frames, box_frame=box_frame, boxes=boxes, classes=classes, track_ids=track_ids
-    )
+        **frames, box_frame=box_frame, boxes=boxes, classes=classes, track_ids=track_ids,
+        condition_names=tags, frame_conditions=frame_conditions, box_conditions=box_conditions,
+    )  # fmt: skip
     return gt, list(video_index)
 
 
@@ -131,6 +144,10 @@ class VIDEvaluator(DatasetEvaluator):
     - ``mAP``: ImageNet VID devkit mAP@0.5 with the small-object IoU rule, over all frames of the
       dataset (the number VID papers report); ``AP-<class>`` per class.
     - ``mAP_slow``, ``mAP_medium``, ``mAP_fast``: FGFA's motion-speed breakdown of that mAP.
+    - ``mAP_clean``, ``mAP_<condition>`` (e.g. ``mAP_motion_blur``, ``mAP_defocus``,
+      ``mAP_occluded``), ``mAP_degraded``: the mAP of the GT seen in each condition, where the
+      dataset has conditions (:mod:`.conditions`), and ``num_gt_<condition>`` the number of its
+      GT boxes.
     - ``AP``, ``AP50``, ``AP75``: COCO metrics (pycocotools, IoU 0.5:0.95 / 0.5 / 0.75, no
       small-object rule), as CocoVID toolkits report them.
 
@@ -249,6 +266,9 @@ class VIDEvaluator(DatasetEvaluator):
         results = OrderedDict({"mAP": 100.0 * metrics.mean_ap})
         for name in MOTION_BIN_NAMES:
             results[f"mAP_{name}"] = 100.0 * metrics.motion_mean_ap(name)
+        for name in metrics.condition_class_ap:
+            results[f"mAP_{name}"] = 100.0 * metrics.condition_mean_ap(name)
+            results[f"num_gt_{name}"] = float(metrics.condition_class_num_gt[name].sum())
         results.update(coco)
         for c, name in enumerate(class_names):
             results[f"AP-{name}"] = 100.0 * float(metrics.class_ap[c])
@@ -311,12 +331,13 @@ class VIDEvaluator(DatasetEvaluator):
     def _log(self, metrics, results: Dict[str, float], class_names: List[str]) -> None:
         """Log the per-category table and the summary; an AP without GT is an empty cell."""
         rows = []
+        subsets = {**metrics.motion_class_ap, **metrics.condition_class_ap}
         for c, name in enumerate(class_names):
-            aps = [metrics.class_ap[c]] + [metrics.motion_class_ap[b][c] for b in MOTION_BIN_NAMES]
+            aps = [metrics.class_ap[c]] + [ap[c] for ap in subsets.values()]
             rows.append([name, int(metrics.class_num_gt[c])] + [_percent(ap, 1) for ap in aps])
         table = tabulate(
             rows,
-            headers=["category", "#GT", "AP"] + [f"AP {b}" for b in MOTION_BIN_NAMES],
+            headers=["category", "#GT", "AP"] + [f"AP {b}" for b in subsets],
             tablefmt="pipe",
             numalign="left",
             disable_numparse=True,
@@ -326,7 +347,11 @@ class VIDEvaluator(DatasetEvaluator):
             table,
             _EMPTY_NOTE if any("" in row for row in rows) else "",
         )
-        summary = {k: _percent(v / 100.0, 3) for k, v in results.items() if not k.startswith("AP-")}
+        summary = {
+            k: _percent(v / 100.0, 3)
+            for k, v in results.items()
+            if not k.startswith(("AP-", "num_gt_"))
+        }
         logger.info(
             "VID evaluation of '%s':\n%s%s",
             self._dataset_name,

@@ -12,7 +12,11 @@ loaded (not at import):
   (``ImageSets/VID/train_<k>.txt``, ``VID/val.txt``, ``DET/train_<k>.txt``) into the
   annotation cache folder (see :func:`~vod_d2.data.datasets.image_sets.derived_image_set`).
 * ``synthetic_vid_train``, ``synthetic_vid_val``, ``synthetic_det_train``: the same layout
-  under ``vod_d2_synthetic/``, generated on first use (see :mod:`vod_d2.data.synthetic`).
+  under ``vod_d2_synthetic/``, generated on first use (see :mod:`vod_d2.data.synthetic`): the
+  main command's small set (30 train and 8 val videos).
+* ``synthetic_bench_vid_train``, ``synthetic_bench_vid_val``, ``synthetic_bench_det_train``:
+  the accuracy benchmark's larger and harder set under ``vod_d2_synthetic_bench/``
+  (:data:`vod_d2.data.synthetic.BENCHMARK_OPTIONS`), generated on first use.
 """
 
 import functools
@@ -42,7 +46,20 @@ BUILTIN_DATASETS = {
     "synthetic_vid_train": ("vod_d2_synthetic", "imagenet_vid", ("VID_train_15frames.txt",)),
     "synthetic_vid_val": ("vod_d2_synthetic", "imagenet_vid", ("VID_val_videos.txt",)),
     "synthetic_det_train": ("vod_d2_synthetic", "imagenet_det", ("DET_train_30classes.txt",)),
+    "synthetic_bench_vid_train": (
+        "vod_d2_synthetic_bench",
+        "imagenet_vid",
+        ("VID_train_15frames.txt",),
+    ),
+    "synthetic_bench_vid_val": ("vod_d2_synthetic_bench", "imagenet_vid", ("VID_val_videos.txt",)),
+    "synthetic_bench_det_train": (
+        "vod_d2_synthetic_bench",
+        "imagenet_det",
+        ("DET_train_30classes.txt",),
+    ),
 }
+# The folders of generated synthetic trees.
+_SYNTHETIC_FOLDERS = ("vod_d2_synthetic", "vod_d2_synthetic_bench")
 
 
 def datasets_root() -> str:
@@ -54,12 +71,12 @@ def _load_builtin(name: str):
     folder, kind, image_sets = BUILTIN_DATASETS[name]
     root = os.path.join(datasets_root(), folder)
     options = {}
-    if folder == "vod_d2_synthetic":
+    if folder in _SYNTHETIC_FOLDERS:
         # Imported on use: nothing imported by ``import vod_d2`` may import the generator, or
         # ``python -m vod_d2.data.synthetic`` warns that runpy finds it already imported.
-        from ..synthetic import ensure_synthetic_dataset
+        from ..synthetic import BENCHMARK_OPTIONS, ensure_synthetic_dataset
 
-        ensure_synthetic_dataset(root)
+        ensure_synthetic_dataset(root, **(BENCHMARK_OPTIONS if folder.endswith("bench") else {}))
         # The cache goes with the generated tree (and is removed with it).
         options = dict(class_names=SYNTHETIC_CLASSES, cache_dir=os.path.join(root, ".cache"))
     lists = [os.path.join("ImageSets", image_set) for image_set in image_sets]
@@ -76,7 +93,7 @@ def register_all_builtin() -> None:
     """Register every name of :data:`BUILTIN_DATASETS` (reads nothing)."""
     for name, (folder, kind, _) in BUILTIN_DATASETS.items():
         DatasetCatalog.register(name, functools.partial(_load_builtin, name))
-        classes = SYNTHETIC_CLASSES if folder == "vod_d2_synthetic" else VID_CLASSES
+        classes = SYNTHETIC_CLASSES if folder in _SYNTHETIC_FOLDERS else VID_CLASSES
         MetadataCatalog.get(name).set(
             thing_classes=list(classes), evaluator_type="vid", dataset_kind=kind
         )

@@ -3,10 +3,13 @@ CocoVID json (the video format of mmtracking and other VID toolkits) as frame re
 
 The json holds COCO's ``images``, ``annotations`` and ``categories`` plus ``videos``; an image
 has ``video_id`` and ``frame_id`` (0-based), an annotation ``instance_id`` (its track) and
-optionally ``occluded``/``generated``. Boxes are COCO ``[x, y, w, h]``, converted to
-``[x, y, x + w, y + h]`` XYXY_ABS. A box with a negative width or height, or wholly outside its
-image, is an error naming the file and the annotation id (as the XML loader rejects inverted
-boxes); a box partly outside its image is clipped to it.
+optionally ``occluded``/``generated``. The evaluation's conditions
+(:mod:`vod_d2.evaluation.conditions`) come from an image's optional ``conditions`` (a list of
+tags such as ``"motion_blur"``) and an annotation's ``occluded``, or else its ``visibility``
+(the visible fraction, as MOT's ground truth has it: occluded below 0.5). Boxes are COCO
+``[x, y, w, h]``, converted to ``[x, y, x + w, y + h]`` XYXY_ABS. A box with a negative width
+or height, or wholly outside its image, is an error naming the file and the annotation id (as
+the XML loader rejects inverted boxes); a box partly outside its image is clipped to it.
 """
 
 import json
@@ -23,6 +26,8 @@ __all__ = ["cocovid_categories", "load_cocovid_json"]
 
 logger = logging.getLogger(__name__)
 
+# An annotation with a ``visibility`` below this (and no ``occluded``) is occluded.
+_OCCLUDED_BELOW_VISIBLE = 0.5
 _REQUIRED = {
     "videos": ("id",),
     "images": ("id", "file_name", "height", "width", "video_id", "frame_id"),
@@ -108,6 +113,14 @@ def load_cocovid_json(
             "frame_idx": image["frame_id"],
             "annotations": [],
         }
+        conditions = image.get("conditions", [])
+        if not (isinstance(conditions, list) and all(isinstance(c, str) for c in conditions)):
+            raise ValueError(
+                f"{json_file}: image {image['id']} has conditions {conditions!r}, not a list of "
+                "strings"
+            )
+        if conditions:
+            records_by_id[image["id"]]["conditions"] = tuple(conditions)
     image_ids = {image["id"] for image in data["images"]}
     for ann in data["annotations"]:
         record = records_by_id.get(ann["image_id"])
@@ -135,6 +148,15 @@ def load_cocovid_json(
             "occluded": bool(ann.get("occluded", False)),
             "generated": bool(ann.get("generated", False)),
         }
+        if "visibility" in ann:
+            visible = ann["visibility"]
+            if not (isinstance(visible, (int, float)) and 0 <= visible <= 1):
+                raise ValueError(
+                    f"{json_file}: annotation {ann.get('id')} has visibility {visible!r}, not a "
+                    "number in [0, 1]"
+                )
+            obj["visible"] = float(visible)
+            obj["occluded"] = bool(ann.get("occluded", visible < _OCCLUDED_BELOW_VISIBLE))
         if ann.get("iscrowd", 0):
             obj["iscrowd"] = 1
         record["annotations"].append(obj)

@@ -60,7 +60,7 @@ VID_WNIDS = (
 _WNID_OF_CLASS = dict(zip(VID_CLASSES, VID_WNIDS))
 
 # Bump when the parsed columns change meaning, so older cache entries are parsed again.
-_CACHE_VERSION = "imagenet-1"
+_CACHE_VERSION = "imagenet-2"
 
 
 def load_imagenet_vid(
@@ -205,6 +205,10 @@ def _build_records(image_files, video_ids, frame_idx, video_length, columns, wit
             columns.generated.tolist(),
         )
     ]
+    # Visible fractions only where the files give them (vod_d2's synthetic data).
+    if not np.isnan(columns.visible).all():
+        for annotation, visible in zip(annotations, columns.visible.tolist()):
+            annotation["visible"] = visible
     offsets = columns.offsets.tolist()
     records = [
         {
@@ -219,6 +223,13 @@ def _build_records(image_files, video_ids, frame_idx, video_length, columns, wit
         }
         for image_id, i in enumerate(order)
     ]
+    # A frame's condition tags, only on the frames that have some.
+    tagged = np.flatnonzero(columns.conditions != "")
+    if len(tagged):
+        image_id = np.empty(len(order), np.int64)
+        image_id[order] = np.arange(len(order))
+        for i in tagged.tolist():
+            records[image_id[i]]["conditions"] = tuple(str(columns.conditions[i]).split())
     return records
 
 

@@ -32,6 +32,11 @@ class AnnotationColumns(NamedTuple):
         track_id (ndarray): (O,) int64 ``<trackid>``, -1 where the file has none (DET).
         occluded (ndarray): (O,) bool ``<occluded>`` is 1.
         generated (ndarray): (O,) bool ``<generated>`` is 1 (box interpolated by the tool).
+        visible (ndarray): (O,) float64 ``<visible>``, the fraction of the object that is
+            visible (vod_d2's synthetic data writes it), NaN where the file has none.
+        conditions (ndarray): (F,) str, each file's ``<conditions>`` (space-separated tags of
+            the frame's condition, e.g. ``"motion_blur defocus"``; vod_d2's synthetic data
+            writes them), empty where it has none.
     """
 
     image_size: np.ndarray
@@ -41,6 +46,8 @@ class AnnotationColumns(NamedTuple):
     track_id: np.ndarray
     occluded: np.ndarray
     generated: np.ndarray
+    visible: np.ndarray
+    conditions: np.ndarray
 
     @staticmethod
     def concatenate(parts: Sequence["AnnotationColumns"]) -> "AnnotationColumns":
@@ -110,14 +117,16 @@ def _parse_chunk(
 ) -> AnnotationColumns:
     image_size = np.zeros((len(paths), 2), np.int32)
     offsets = np.zeros(len(paths) + 1, np.int64)
+    conditions: List[str] = []
     objects: List[tuple] = []
     for i, path in enumerate(paths):
-        image_size[i] = _parse_file(path, class_index, skip_unknown, objects)
+        image_size[i], frame_conditions = _parse_file(path, class_index, skip_unknown, objects)
+        conditions.append(frame_conditions)
         offsets[i + 1] = len(objects)
     if objects:
-        boxes, category, track_id, occluded, generated = zip(*objects)
+        boxes, category, track_id, occluded, generated, visible = zip(*objects)
     else:
-        boxes, category, track_id, occluded, generated = np.zeros((0, 4)), [], [], [], []
+        boxes, category, track_id, occluded, generated, visible = np.zeros((0, 4)), *[[]] * 5
     return AnnotationColumns(
         image_size=image_size,
         offsets=offsets,
@@ -126,11 +135,16 @@ def _parse_chunk(
         track_id=np.asarray(track_id, np.int64),
         occluded=np.asarray(occluded, bool),
         generated=np.asarray(generated, bool),
+        visible=np.asarray(visible, np.float64),
+        conditions=np.asarray(conditions, dtype=str),
     )
 
 
 def _parse_file(path: str, class_index: Dict[str, int], skip_unknown: bool, objects: list):
-    """Append the objects of one file to ``objects``; return its ``(height, width)``."""
+    """
+    Append the objects of one file to ``objects``; return its ``(height, width)`` and its
+    ``<conditions>`` (normalised to single spaces).
+    """
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as e:
@@ -158,6 +172,9 @@ def _parse_file(path: str, class_index: Dict[str, int], skip_unknown: bool, obje
         if box[2] < box[0] or box[3] < box[1]:
             raise ValueError(f"Annotation file {path} has an inverted box {box} (x0, y0, x1, y1)")
         trackid = obj.findtext("trackid")
+        visible = np.nan if obj.find("visible") is None else _number(obj, "visible", path, float)
+        if not (np.isnan(visible) or 0.0 <= visible <= 1.0):
+            raise ValueError(f"Annotation file {path}: <visible> is {visible}, not in [0, 1]")
         objects.append(
             (
                 box,
@@ -165,9 +182,10 @@ def _parse_file(path: str, class_index: Dict[str, int], skip_unknown: bool, obje
                 -1 if trackid is None else _number(obj, "trackid", path, int),
                 obj.findtext("occluded", "0").strip() == "1",
                 obj.findtext("generated", "0").strip() == "1",
+                visible,
             )
         )
-    return height, width
+    return (height, width), " ".join((root.findtext("conditions") or "").split())
 
 
 def _number(parent: ET.Element, tag: str, path: str, kind):
