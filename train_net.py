@@ -25,7 +25,6 @@ except ImportError:
         "https://detectron2.readthedocs.io/en/latest/tutorials/install.html says"
     )
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
@@ -33,7 +32,7 @@ from detectron2.utils.logger import setup_logger
 
 from vod_d2 import add_vod_config
 from vod_d2.data import check_datasets, register_datasets_from_config
-from vod_d2.engine import VideoTrainer
+from vod_d2.engine import VideoCheckpointer, VideoTrainer
 
 
 def build_config(args):
@@ -82,7 +81,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = VideoTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        VideoCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return VideoTrainer.test(cfg, model)

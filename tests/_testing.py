@@ -3,6 +3,8 @@ Helpers shared by the test modules (importable as ``_testing``: pytest puts ``te
 path for its conftest).
 """
 
+import zlib
+
 import pytest
 import torch
 
@@ -134,3 +136,17 @@ def seeded_model(cfg, train=False):
 
     torch.manual_seed(0)
     return build_model(cfg).train(train)
+
+
+def fill_by_name(model, scale=0.08):
+    """Overwrite every parameter and buffer with values seeded by its name (BN variances > 0)."""
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point():
+                continue
+            g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+            values = torch.randn(tensor.shape, generator=g, dtype=torch.float64)
+            if name.endswith("running_var"):
+                values = 0.5 + values.abs()
+            tensor.copy_((scale * values if not name.endswith("running_var") else values).float())
+    return model

@@ -34,6 +34,12 @@ def _add_video_config(cfg):
     cfg.MODEL.VIDEO.TEST_STRIDE = 1
     # Key-frame interval l of key-frame methods (KeyFrameRCNN): frames per segment.
     cfg.MODEL.VIDEO.KEY_FRAME_INTERVAL = 10
+    # Start every temporal module as the single-frame detector it is fine-tuned from: each
+    # aggregation ends in a residual gate to its reference that starts closed
+    # (vod_d2.modeling.temporal.gate), the quality nets' last conv (Impression, LSTS) starts at
+    # zero (equal weights) and STMN's U_z, U_r, U start at zero. False: the papers' random
+    # initialisations, whose first iterations move the detector away from its start.
+    cfg.MODEL.VIDEO.IDENTITY_INIT = True
 
 
 def _add_key_frame_config(cfg):
@@ -54,6 +60,10 @@ def _add_solver_config(cfg):
     # (Sparse R-CNN's schedule). SOLVER.CLIP_GRADIENTS.CLIP_TYPE also takes "full_model": one
     # norm over all gradients (Sparse R-CNN, DETR).
     cfg.SOLVER.OPTIMIZER = "SGD"
+    # Learning-rate factor of the parameters MODEL.WEIGHTS does not provide: the modules a video
+    # method adds to the single-frame detector it is fine-tuned from train at this multiple of
+    # the learning rate of the pretrained ones (vod_d2.engine.checkpoint). 1: one rate for all.
+    cfg.SOLVER.NEW_MODULE_LR_FACTOR = 1.0
 
 
 def _add_data_config(cfg):

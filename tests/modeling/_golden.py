@@ -7,10 +7,7 @@ holds the detections of commit ecdcea7 (the last one before the redesign) on the
 the video of :func:`golden_video`; regenerate it only if a change is meant to alter detections.
 """
 
-import zlib
-
-import torch
-from _testing import random_video
+from _testing import fill_by_name, random_video
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
@@ -29,21 +26,8 @@ def golden_cfg(name):
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     cfg.TEST.DETECTIONS_PER_IMAGE = 20
     cfg.MODEL.STMN.MEMORY_CHANNELS = 64  # the synthetic STMN config's width at ecdcea7
+    cfg.MODEL.VIDEO.IDENTITY_INIT = False  # no residual gates at ecdcea7
     return cfg
-
-
-def fill_by_name(model, scale=0.08):
-    """Overwrite every parameter and buffer with values seeded by its name (BN variances > 0)."""
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if not tensor.is_floating_point():
-                continue
-            g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-            values = torch.randn(tensor.shape, generator=g, dtype=torch.float64)
-            if name.endswith("running_var"):
-                values = 0.5 + values.abs()
-            tensor.copy_((scale * values if not name.endswith("running_var") else values).float())
-    return model
 
 
 def golden_model(name):

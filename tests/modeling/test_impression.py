@@ -24,9 +24,11 @@ class _ShiftFlow(FlowNetwork):
         return flow, torch.ones(n, C, H, W)
 
 
-def _cfg(variant="d", **impression):
+def _cfg(variant="d", identity_init=False, **impression):
+    """Table 1's row ``variant``; the tests of Eq. 1-4 build it without the residual gate."""
     cfg = get_cfg()
     add_vod_config(cfg)
+    cfg.MODEL.VIDEO.IDENTITY_INIT = identity_init
     for key, value in {**TABLE1_VARIANTS[variant], **impression}.items():
         cfg.MODEL.IMPRESSION[key] = value
     cfg.MODEL.IMPRESSION.QUALITY_DIMS = (8, 4)
@@ -55,6 +57,23 @@ def test_quality_weights_sum_to_one_at_every_position():
     fixed = ImpressionMemory(_cfg("c"), C)
     _, _, weights = fixed.fuse(f_k, f_imp, return_weights=True)
     assert torch.equal(weights, torch.full((2, 2, 1, H, W), 0.5))
+
+
+def test_with_identity_init_every_key_frame_starts_as_its_own_feature():
+    # The residual gate starts closed and N_q at equal weights: a trained single-frame
+    # detector's key features are its task features at iteration 0, and the gate, once open,
+    # gives Eq. 3 with weights 0.5 (Table 1 (c)).
+    torch.manual_seed(0)
+    memory = ImpressionMemory(_cfg("d", identity_init=True), C)
+    (f_imp, f_k), _ = _video(2, seed=1, n=2)
+    task, _, weights = memory.fuse(f_k, f_imp, return_weights=True)
+    assert torch.equal(task, f_k)
+    assert torch.equal(weights, torch.full_like(weights, 0.5))
+    with torch.no_grad():
+        memory.residual_gate.gamma.fill_(1.0)
+    torch.testing.assert_close(memory.fuse(f_k, f_imp)[0], (f_imp + f_k) / 2)
+    paper = ImpressionMemory(_cfg("d"), C)
+    assert paper.residual_gate is None and not torch.equal(paper.fuse(f_k, f_imp)[0], f_k)
 
 
 def test_the_first_key_frame_s_task_feature_and_impression_are_f0():

@@ -22,9 +22,11 @@ from vod_d2.modeling.temporal.lsts import (
 C, C_LOW = 6, 4
 
 
-def _cfg(**lsts):
+def _cfg(identity_init=False, **lsts):
+    """A tiny LSTS; the tests of the paper's units build it without the residual gates."""
     cfg = get_cfg()
     add_vod_config(cfg)
+    cfg.MODEL.VIDEO.IDENTITY_INIT = identity_init
     cfg.MODEL.LSTS.EMBED_CHANNELS = 3
     cfg.MODEL.LSTS.NUM_POINTS = 9
     cfg.MODEL.LSTS.TRANSFORM_DIMS = (5, 5)
@@ -33,9 +35,37 @@ def _cfg(**lsts):
     return cfg
 
 
-def _fusion(low_channels=C_LOW, seed=0, **lsts):
+def _fusion(low_channels=C_LOW, seed=0, identity_init=False, **lsts):
     torch.manual_seed(seed)
-    return LSTSFeatureFusion(_cfg(**lsts), ShapeSpec(channels=low_channels), ShapeSpec(channels=C))
+    return LSTSFeatureFusion(
+        _cfg(identity_init, **lsts), ShapeSpec(channels=low_channels), ShapeSpec(channels=C)
+    )
+
+
+def test_with_identity_init_key_frames_keep_their_feature_and_others_the_propagated_memory():
+    # At iteration 0 SRFU gives a key frame its own feature, and DFA a non-key frame the
+    # memory aligned to it (the Transform unit, about zero at init, would otherwise halve it:
+    # relative error 0.5 and more); both quality nets start at equal weights.
+    fusion = _fusion(identity_init=True)
+    first, second, low = _maps(C, 0), _maps(C, 1), _maps(C_LOW, 2)
+    memory = fusion.update_memory(second, fusion.update_memory(first))
+    assert torch.equal(memory, second)
+    task = fusion.propagate(low, memory)
+    high = fusion.dfa.transform(low)
+    aligned = fusion.dfa.lsts(memory, high, fusion.sampling)
+    assert torch.equal(task, aligned)
+    for unit in (fusion.srfu.aggregation, fusion.dfa.aggregation):
+        weights = unit.weights([second, second * 2])
+        assert torch.equal(weights, torch.full_like(weights, 0.5))
+    paper = _fusion()
+    paper_task = paper.propagate(low, paper.update_memory(second, paper.update_memory(first)))
+    paper_aligned = paper.dfa.lsts(second, paper.dfa.transform(low), paper.sampling)
+    assert (paper_task - paper_aligned).norm() > 0.3 * paper_aligned.norm()
+    # Open gates: the paper's fusion.
+    with torch.no_grad():
+        for gate in (fusion.srfu.residual_gate, fusion.dfa.residual_gate):
+            gate.gamma.fill_(1.0)
+    torch.testing.assert_close(fusion.propagate(low, memory), (high + aligned) / 2)
 
 
 def _maps(channels, seed, shape=(1, 5, 7)):

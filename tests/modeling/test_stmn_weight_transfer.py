@@ -54,7 +54,8 @@ def test_weight_transfer_copies_the_right_tensors(tiny_cfg):
     for key, value in single.backbone.state_dict().items():
         assert torch.equal(stmn.backbone.state_dict()[key], value), key
     assert report.kept_init and all(
-        ".gate_conv." in k or ".candidate_conv." in k for k in report.kept_init
+        ".gate_conv." in k or ".candidate_conv." in k or ".residual_gate." in k
+        for k in report.kept_init
     )
     assert "roi_heads.box_head.fc1.weight" in report.widened
     assert "roi_heads.box_predictor.cls_score.weight" in report.copied

@@ -1,10 +1,12 @@
 """Training and inference engines for video models."""
 
+from .checkpoint import VideoCheckpointer
 from .inference import inference_on_videos, run_on_video
 from .predictor import VideoPredictor, VideoReader
 from .trainer import VideoTrainer, build_video_postprocess
 
 __all__ = [
+    "VideoCheckpointer",
     "inference_on_videos",
     "run_on_video",
     "VideoTrainer",

@@ -6,7 +6,6 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
@@ -14,6 +13,7 @@ from detectron2.structures import Instances
 
 from ..data import dataset_classes, register_datasets_from_config
 from ..modeling import VideoDetector
+from .checkpoint import VideoCheckpointer
 from .trainer import build_video_postprocess
 
 __all__ = ["VideoPredictor", "VideoReader"]
@@ -175,7 +175,7 @@ class VideoPredictor:
             )
         self.model.eval()
         self.metadata = dataset_metadata(self.cfg)
-        DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        VideoCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
 
         self.aug = T.ResizeShortestEdge(
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST

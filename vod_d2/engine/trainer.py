@@ -2,6 +2,7 @@
 
 import contextlib
 import logging
+import weakref
 from collections import OrderedDict
 
 import detectron2.engine.defaults as d2_defaults
@@ -12,6 +13,7 @@ from detectron2.utils import comm
 from ..data import build_video_test_loader, build_video_train_loader, check_datasets
 from ..evaluation import VIDEvaluator
 from ..postprocessing import seq_nms_instances, seq_nms_kwargs_from_config
+from .checkpoint import VideoCheckpointer
 from .inference import inference_on_videos
 from .optimizer import build_optimizer
 
@@ -75,6 +77,10 @@ class VideoTrainer(DefaultTrainer):
         check_datasets(cfg)
         with _cpu_aware_ddp():
             super().__init__(cfg)
+        # A video model may start from a single-frame checkpoint of its head (MODEL.WEIGHTS).
+        self.checkpointer = VideoCheckpointer(
+            self.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
 
     @classmethod
     def build_optimizer(cls, cfg, model):

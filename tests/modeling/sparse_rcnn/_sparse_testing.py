@@ -16,9 +16,13 @@ NUM_CLASSES = 3
 
 
 def tiny_cfg(num_stages=2, num_proposals=6):
-    """The Sparse R-CNN keys at tiny widths: d = 16 over three FPN levels, K = 3 classes."""
+    """
+    The Sparse R-CNN keys at tiny widths: d = 16 over three FPN levels, K = 3 classes; TFE
+    without its residual gate (the paper's module, which these tests check).
+    """
     cfg = get_cfg()
     add_vod_config(cfg)
+    cfg.MODEL.VIDEO.IDENTITY_INIT = False
     cfg.MODEL.ROI_HEADS.IN_FEATURES = list(LEVELS)
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = NUM_CLASSES
     cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlignV2"

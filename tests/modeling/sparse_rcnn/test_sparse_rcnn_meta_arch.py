@@ -11,6 +11,7 @@ from _testing import (
 )
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
+from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
@@ -196,9 +197,11 @@ def test_streaming_detection_equals_the_head_on_the_frames_it_reads():
     )
     outputs = model.head(target, images.image_sizes[:1], maps, objects[:, None])
     (expected,) = model._instances(outputs, images)
+    # The stream's results are post-processed: boxes empty once clipped to the image are gone.
+    expected = detector_postprocess(expected, video[3]["height"], video[3]["width"])
     streamed = done[3][1]["instances"]
     top = streamed.scores.argsort(descending=True)[:5]
-    torch.testing.assert_close(streamed.scores[top], expected.scores[:5])
+    torch.testing.assert_close(streamed.scores[top], expected.scores.sort(descending=True)[0][:5])
 
 
 def _training_batch(num_support, seed=0):
@@ -245,6 +248,8 @@ def test_training_loss_reads_the_support_images(module):
             f"MODEL.SPARSEVOD.{module}.ENABLED": enabled,
             f"MODEL.SPARSEVOD.{other}.ENABLED": False,
             "MODEL.RESNETS.NORM": "FrozenBN",
+            # TFE's residual gate would start closed, the supports unread until it opens.
+            "MODEL.VIDEO.IDENTITY_INIT": False,
         }
         model = _model(**opts).train()
         if enabled and module == "SPFA":

@@ -89,6 +89,26 @@ def test_tfe_msa_weights_are_a_softmax_over_frames_of_embedding_products():
 
 
 @pytest.mark.parametrize("aggregation", ["MSA", "AVG"])
+def test_tfe_with_identity_init_starts_as_the_target_roi_features(aggregation):
+    # The residual gate starts closed: whatever the supports, TFE gives RoIAlign's P_t back, and
+    # once open the paper's combination.
+    g = torch.Generator().manual_seed(0)
+    rois = torch.randn(3, DIM, 3, 3, generator=g)
+    support = [torch.randn(1, 2, DIM, 8, 8, generator=g)]
+    where = torch.zeros(3, dtype=torch.int64)
+    tfe = TemporalFeatureExtraction(DIM, k=2, num_heads=2, aggregation=aggregation)
+    gated = TemporalFeatureExtraction(
+        DIM, k=2, num_heads=2, aggregation=aggregation, identity_init=True
+    )
+    gated.load_state_dict(tfe.state_dict(), strict=False)
+    assert torch.equal(gated(rois, support, where, where), rois)
+    assert not torch.allclose(tfe(rois, support, where, where), rois)
+    with torch.no_grad():
+        gated.residual_gate.gamma.fill_(1.0)
+    torch.testing.assert_close(gated(rois, support, where, where), tfe(rois, support, where, where))
+
+
+@pytest.mark.parametrize("aggregation", ["MSA", "AVG"])
 def test_spfa_starts_as_the_identity(aggregation):
     g = torch.Generator().manual_seed(0)
     objects, support = torch.randn(2, 5, DIM, generator=g), torch.randn(2, 12, DIM, generator=g)

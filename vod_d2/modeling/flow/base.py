@@ -77,6 +77,9 @@ class FlowNetwork(nn.Module):
             input_format: channel order of the given frames, "BGR" or "RGB" (``INPUT.FORMAT``).
         """
         super().__init__()
+        # The pretrained weights build_flow_net loaded (MODEL.FLOW.WEIGHTS), if any: the
+        # optimizer then treats the network as pretrained, not as a new module.
+        self.loaded_weights = ""
         if input_format not in ("BGR", "RGB"):
             raise ValueError(
                 f"{type(self).__name__} reads BGR or RGB frames, got INPUT.FORMAT={input_format!r}"

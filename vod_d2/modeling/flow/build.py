@@ -33,4 +33,5 @@ def build_flow_net(cfg, feature_channels: int):
     flow_net = FLOW_NET_REGISTRY.get(cfg.MODEL.FLOW.NAME)(cfg, feature_channels)
     if cfg.MODEL.FLOW.WEIGHTS:
         flow_net.load_pretrained(cfg.MODEL.FLOW.WEIGHTS)
+        flow_net.loaded_weights = cfg.MODEL.FLOW.WEIGHTS
     return flow_net

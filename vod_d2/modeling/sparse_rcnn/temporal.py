@@ -11,6 +11,8 @@ from torch import nn
 from vod_d2.layers import temporal_roi_align
 from vod_d2.layers.temporal_roi_align import MAX_K
 
+from ..temporal.gate import maybe_gate
+
 __all__ = [
     "AGGREGATIONS",
     "TemporalFeatureExtraction",
@@ -42,15 +44,29 @@ class TemporalFeatureExtraction(nn.Module):
     ``X_j`` by ``softmax_j(<e_0^h(m), e_j^h(m)> / sqrt(d / num_heads))``. With ``"AVG"``,
     ``w_j = 1 / (T + 1)`` (Table 4's "TFE (Avg.)"). Either way the output is a convex
     combination of the candidates, so identical candidates give that feature back.
+
+    With ``identity_init`` (``MODEL.VIDEO.IDENTITY_INIT``) the combination passes through a
+    residual gate to ``P_t`` that starts closed (:mod:`vod_d2.modeling.temporal.gate`), so TFE
+    starts as the RoIAlign of the single-frame Sparse R-CNN it is fine-tuned from (and SPFA
+    starts as the identity: together SparseVOD starts as that detector).
     """
 
-    def __init__(self, dim: int, *, k: int = 2, num_heads: int = 4, aggregation: str = "MSA"):
+    def __init__(
+        self,
+        dim: int,
+        *,
+        k: int = 2,
+        num_heads: int = 4,
+        aggregation: str = "MSA",
+        identity_init: bool = False,
+    ):
         """
         Args:
             dim: d, width of RoI features and support maps.
             k: most similar support locations per RoI cell (Temporal RoI Align's K).
             num_heads: attention heads; must divide ``dim``.
             aggregation: ``"MSA"`` or ``"AVG"``.
+            identity_init: start as the target's RoI features (a residual gate).
         """
         super().__init__()
         _check_aggregation("MODEL.SPARSEVOD.TFE.AGGREGATION", aggregation)
@@ -65,6 +81,7 @@ class TemporalFeatureExtraction(nn.Module):
         self.aggregation = aggregation
         if aggregation == "MSA":
             self.embed = nn.Conv2d(dim, dim, 3, padding=1)
+        self.residual_gate = maybe_gate(identity_init, dim)
 
     def forward(
         self,
@@ -94,12 +111,16 @@ class TemporalFeatureExtraction(nn.Module):
                 )
         candidates = torch.cat([roi_features[:, None], temporal], dim=1)  # (R, T + 1, d, S, S)
         if self.aggregation == "AVG":
-            return candidates.mean(dim=1)
-        heads = candidates.unflatten(2, (self.num_heads, -1))  # (R, T + 1, h, d / h, S, S)
-        embedded = self.embed(candidates.flatten(0, 1)).view_as(heads)
-        logits = (embedded[:, :1] * embedded).sum(dim=3) / heads.shape[3] ** 0.5
-        weights = logits.softmax(dim=1)  # (R, T + 1, h, S, S): over the T + 1 frames
-        return (weights.unsqueeze(3) * heads).sum(dim=1).flatten(1, 2)
+            fused = candidates.mean(dim=1)
+        else:
+            heads = candidates.unflatten(2, (self.num_heads, -1))  # (R, T + 1, h, d / h, S, S)
+            embedded = self.embed(candidates.flatten(0, 1)).view_as(heads)
+            logits = (embedded[:, :1] * embedded).sum(dim=3) / heads.shape[3] ** 0.5
+            weights = logits.softmax(dim=1)  # (R, T + 1, h, S, S): over the T + 1 frames
+            fused = (weights.unsqueeze(3) * heads).sum(dim=1).flatten(1, 2)
+        if self.residual_gate is None:
+            return fused
+        return self.residual_gate(roi_features, fused)
 
 
 class SemanticProposalAggregation(nn.Module):

@@ -68,7 +68,11 @@ class TemporalDynamicHead(SparseRCNNHead):
         ret["tfe"] = (
             [
                 TemporalFeatureExtraction(
-                    dim, k=tfe.TOP_K, num_heads=tfe.NUM_HEADS, aggregation=tfe.AGGREGATION
+                    dim,
+                    k=tfe.TOP_K,
+                    num_heads=tfe.NUM_HEADS,
+                    aggregation=tfe.AGGREGATION,
+                    identity_init=cfg.MODEL.VIDEO.IDENTITY_INIT,
                 )
                 for _ in range(num_stages)
             ]

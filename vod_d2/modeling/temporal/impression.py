@@ -12,6 +12,10 @@ At key frame k with feature ``f_k`` (all maps (N, C, H, W), at the feature strid
 * Eq. 3: ``f_k^task = (1 - w_k) * f_{k-1}^imp' + w_k * f_k``, shared by the key frame's segment;
 * Eq. 4: ``f_k^imp = (1 - g) * f_k + g * f_k^task``, g the memory gate.
 
+With ``MODEL.VIDEO.IDENTITY_INIT`` (:mod:`.gate`) Eq. 3's output passes through a residual gate
+to ``f_k`` that starts closed, so every key frame starts with its own feature (the single-frame
+detector's), and N_q's last conv starts at zero (Eq. 2's weights at 0.5).
+
 Eq. 4 with g = 0 gives ``f_k^imp = f_k``: the impression is then the key feature alone, so the
 next task feature fuses two key features and nothing older ("only information of the previous
 key frame", as training sees it, §3.2). g = 1 makes the impression the task feature, a running
@@ -47,6 +51,7 @@ from ..flow import build_flow_net
 from ..flow.base import FlowNetwork
 from ..frames import NONE
 from .build import TemporalModule
+from .gate import maybe_gate
 from .key_frame import KEY_FRAME_REGISTRY, KeyFrameModule
 from .quality_aggregation import QualityAwareAggregation
 
@@ -86,6 +91,7 @@ class ImpressionMemory(TemporalModule):
         quality_aware: bool = True,
         gate: float = 1.0,
         quality_dims: Sequence[int] = (256, 16),
+        identity_init: bool = False,
     ):
         """
         Args:
@@ -94,6 +100,8 @@ class ImpressionMemory(TemporalModule):
             quality_aware: weights from N_q (Eq. 2; Table 1 (d)); False: fixed 0.5 (c).
             gate: g of Eq. 4, in [0, 1].
             quality_dims: widths of N_q's 3x3 and first 1x1 conv (§3.3: 256, 16).
+            identity_init: start every key frame at its own feature (a residual gate on Eq. 3)
+                and N_q at equal weights (``MODEL.VIDEO.IDENTITY_INIT``).
         """
         super().__init__()
         if quality_aware and not memory:
@@ -106,10 +114,13 @@ class ImpressionMemory(TemporalModule):
         self.channels = channels
         self.gate = float(gate)
         self.aggregation = (
-            QualityAwareAggregation(channels, quality=quality_aware, dims=tuple(quality_dims))
+            QualityAwareAggregation(
+                channels, quality=quality_aware, dims=tuple(quality_dims), zero_init=identity_init
+            )
             if memory
             else None
         )
+        self.residual_gate = maybe_gate(identity_init and memory, channels)
         self.impression: Optional[torch.Tensor] = None
         self.key_images: Optional[torch.Tensor] = None
 
@@ -121,6 +132,7 @@ class ImpressionMemory(TemporalModule):
             "quality_aware": cfg.MODEL.IMPRESSION.QUALITY_AWARE,
             "gate": cfg.MODEL.IMPRESSION.GATE,
             "quality_dims": cfg.MODEL.IMPRESSION.QUALITY_DIMS,
+            "identity_init": cfg.MODEL.VIDEO.IDENTITY_INIT,
         }
 
     @property
@@ -164,6 +176,8 @@ class ImpressionMemory(TemporalModule):
             task, weights = self.aggregation(
                 [warped_impression, key_feature], return_weights=True
             )  # Eq. 2-3
+            if self.residual_gate is not None:
+                task = self.residual_gate(key_feature, task)
             # Eq. 4, exact at both ends: g = 0 gives f_k itself, g = 1 f_k^task itself.
             impression = (1.0 - self.gate) * key_feature + self.gate * task
         return (task, impression, weights) if return_weights else (task, impression)

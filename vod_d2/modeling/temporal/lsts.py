@@ -42,6 +42,7 @@ from vod_d2.layers import DeformableSimilaritySampling
 
 from ..frames import LIGHT
 from .build import TemporalModule
+from .gate import maybe_gate
 from .key_frame import KEY_FRAME_REGISTRY, KeyFrameModule
 from .quality_aggregation import QualityAwareAggregation
 
@@ -79,7 +80,7 @@ QUALITY_LAYOUTS = {
 
 
 def _aggregation(
-    mode: str, channels: int, key: str, layout: str = "paper"
+    mode: str, channels: int, key: str, layout: str = "paper", zero_init: bool = False
 ) -> Optional[QualityAwareAggregation]:
     if mode not in AGGREGATIONS:
         raise ValueError(f"{key} must be one of {AGGREGATIONS}, got {mode!r}")
@@ -89,7 +90,9 @@ def _aggregation(
         )
     if mode == "none":
         return None
-    return QualityAwareAggregation(channels, quality=mode == "quality", **QUALITY_LAYOUTS[layout])
+    return QualityAwareAggregation(
+        channels, quality=mode == "quality", zero_init=zero_init, **QUALITY_LAYOUTS[layout]
+    )
 
 
 class LSTS(nn.Module):
@@ -188,7 +191,9 @@ class SparseRecursiveFeatureUpdate(nn.Module):
 
     ``update`` selects the rows of Table 2: "quality" (quality-aware memory update, (c)-(g)),
     "fixed" (both weights 0.5, (b)) or "none" (sparse deep features only: the key frame's
-    feature alone, (a)).
+    feature alone, (a)). With ``identity_init`` (:mod:`.gate`) the fusion ends in a residual
+    gate to the key frame's own feature that starts closed, and the quality net starts at equal
+    weights: every key frame starts with the single-frame detector's feature.
     """
 
     def __init__(
@@ -198,6 +203,7 @@ class SparseRecursiveFeatureUpdate(nn.Module):
         embed_channels: int = 256,
         update: str = "quality",
         quality_layout: str = "paper",
+        identity_init: bool = False,
     ):
         """
         Args:
@@ -205,14 +211,16 @@ class SparseRecursiveFeatureUpdate(nn.Module):
             embed_channels: width of LSTS's embeddings.
             update: "quality", "fixed" or "none".
             quality_layout: the quality net's layout, "paper" or "authors".
+            identity_init: start at the key frame's feature (``MODEL.VIDEO.IDENTITY_INIT``).
         """
         super().__init__()
         self.aggregation = _aggregation(
-            update, channels, "MODEL.LSTS.MEMORY_UPDATE", quality_layout
+            update, channels, "MODEL.LSTS.MEMORY_UPDATE", quality_layout, identity_init
         )
         self.lsts = (
             LSTS(channels, channels, embed_channels) if self.aggregation is not None else None
         )
+        self.residual_gate = maybe_gate(identity_init and self.aggregation is not None, channels)
 
     def forward(
         self,
@@ -232,7 +240,8 @@ class SparseRecursiveFeatureUpdate(nn.Module):
         if memory is None or self.aggregation is None:
             return feature
         aligned = self.lsts(memory, feature, sampling)
-        return self.aggregation([feature, aligned])
+        fused = self.aggregation([feature, aligned])
+        return fused if self.residual_gate is None else self.residual_gate(feature, fused)
 
 
 class DenseFeatureAggregation(nn.Module):
@@ -245,6 +254,12 @@ class DenseFeatureAggregation(nn.Module):
     (a)-(c)), "fixed" (weights 0.5, (d), (e)) or "quality" ((f), (g)); ``transform`` on in (e)
     and (g). Without the Transform unit, the low-level feature itself is LSTS's target and, when
     aggregated, must be as wide as the memory.
+
+    With ``identity_init`` (:mod:`.gate`) the fusion ends in a residual gate to the aligned
+    memory that starts closed: a non-key frame starts with the key frame's feature propagated
+    to it (Table 2 (a)-(c)'s output, Deep Feature Flow's start), not with half of it fused with
+    a Transform output that starts at about zero (N(0, 0.01): a relative error of 0.8 and half
+    the norm); the Transform unit and the quality net then learn as the gate opens.
     """
 
     def __init__(
@@ -258,6 +273,7 @@ class DenseFeatureAggregation(nn.Module):
         transform_dims: Sequence[int] = (256, 512),
         transform_kernel_sizes: Sequence[int] = (3, 3, 3),
         quality_layout: str = "paper",
+        identity_init: bool = False,
     ):
         """
         Args:
@@ -268,10 +284,11 @@ class DenseFeatureAggregation(nn.Module):
             transform: lift F^low with a :class:`TransformUnit`.
             transform_dims, transform_kernel_sizes: see :class:`TransformUnit`.
             quality_layout: the quality net's layout, "paper" or "authors".
+            identity_init: start at the aligned memory (``MODEL.VIDEO.IDENTITY_INIT``).
         """
         super().__init__()
         self.aggregation = _aggregation(
-            aggregation, channels, "MODEL.LSTS.NON_KEY_AGGREGATION", quality_layout
+            aggregation, channels, "MODEL.LSTS.NON_KEY_AGGREGATION", quality_layout, identity_init
         )
         self.transform = (
             TransformUnit(low_channels, channels, transform_dims, transform_kernel_sizes)
@@ -286,6 +303,7 @@ class DenseFeatureAggregation(nn.Module):
                 "must be as wide (MODEL.LSTS.TRANSFORM, MODEL.LSTS.NON_KEY_AGGREGATION)"
             )
         self.lsts = LSTS(channels, target_channels, embed_channels)
+        self.residual_gate = maybe_gate(identity_init and self.aggregation is not None, channels)
 
     def forward(
         self,
@@ -309,7 +327,8 @@ class DenseFeatureAggregation(nn.Module):
         aligned = self.lsts(memory, high, sampling, embedded_memory)
         if self.aggregation is None:
             return aligned
-        return self.aggregation([high, aligned])
+        fused = self.aggregation([high, aligned])
+        return fused if self.residual_gate is None else self.residual_gate(aligned, fused)
 
 
 class LSTSFeatureFusion(TemporalModule):
@@ -347,6 +366,7 @@ class LSTSFeatureFusion(TemporalModule):
         transform_dims: Sequence[int] = (256, 512),
         transform_kernel_sizes: Sequence[int] = (3, 3, 3),
         quality_layout: str = "paper",
+        identity_init: bool = False,
     ):
         """
         Args:
@@ -364,6 +384,8 @@ class LSTSFeatureFusion(TemporalModule):
             transform_dims, transform_kernel_sizes: see :class:`TransformUnit`.
             quality_layout: the aggregation units' quality net, "paper" or "authors"
                 (:data:`QUALITY_LAYOUTS`).
+            identity_init: SRFU and DFA start at the key frame's feature and at the propagated
+                memory (``MODEL.VIDEO.IDENTITY_INIT``, :mod:`.gate`).
         """
         super().__init__()
         self.sampling = DeformableSimilaritySampling(num_points, init, normalization)
@@ -373,6 +395,7 @@ class LSTSFeatureFusion(TemporalModule):
             embed_channels=embed_channels,
             update=memory_update,
             quality_layout=quality_layout,
+            identity_init=identity_init,
         )
         self.dfa = DenseFeatureAggregation(
             low_channels,
@@ -383,6 +406,7 @@ class LSTSFeatureFusion(TemporalModule):
             transform_dims=transform_dims,
             transform_kernel_sizes=transform_kernel_sizes,
             quality_layout=quality_layout,
+            identity_init=identity_init,
         )
         self._memory: Optional[torch.Tensor] = None
         self._embedded_memory: Optional[torch.Tensor] = None
@@ -409,6 +433,7 @@ class LSTSFeatureFusion(TemporalModule):
             "transform_dims": tuple(c.TRANSFORM_DIMS),
             "transform_kernel_sizes": tuple(c.TRANSFORM_KERNEL_SIZES),
             "quality_layout": c.QUALITY_LAYOUT,
+            "identity_init": cfg.MODEL.VIDEO.IDENTITY_INIT,
         }
 
     def update_memory(

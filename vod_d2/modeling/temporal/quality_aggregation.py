@@ -21,6 +21,10 @@ class QualityNet(nn.Module):
     (randomly initialised, learned from the task loss alone). The papers' text: 3x3x256, ReLU,
     1x1x16, ReLU, 1x1x1 (the default); the LSTS authors' code: 1x1x256, 3x3x16, 3x3x1 without
     activations (``kernel_sizes=(1, 3, 3), activation=False``).
+
+    With ``zero_init`` the last conv starts at zero, so every input scores 0 and the softmax
+    over them starts at equal weights (Impression Table 1 (c)'s fixed 0.5): MSRA weights on raw
+    features start it saturated instead (one input weighted below 0.1 at most positions).
     """
 
     def __init__(
@@ -29,6 +33,7 @@ class QualityNet(nn.Module):
         dims: Sequence[int] = (256, 16),
         kernel_sizes: Sequence[int] = (3, 1, 1),
         activation: bool = True,
+        zero_init: bool = False,
     ):
         """
         Args:
@@ -36,6 +41,7 @@ class QualityNet(nn.Module):
             dims: widths of the first two convs (the papers: 256, 16).
             kernel_sizes: kernels of the three convs (odd).
             activation: ReLU after the first two convs.
+            zero_init: start the last conv at zero (equal weights); False: MSRA (the papers).
         """
         super().__init__()
         if len(dims) != 2 or len(kernel_sizes) != 3 or any(k % 2 == 0 for k in kernel_sizes):
@@ -50,6 +56,9 @@ class QualityNet(nn.Module):
         self.activation = activation
         for conv in self.convs:
             weight_init.c2_msra_fill(conv)
+        if zero_init:
+            nn.init.zeros_(self.convs[-1].weight)
+            nn.init.zeros_(self.convs[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """

@@ -74,6 +74,7 @@ class STMMCell(nn.Module):
         memory_kernel_size: int = 3,
         bn_star_k: float = 3.0,
         dilation: int = 1,
+        zero_memory_convs: bool = False,
     ):
         """
         Args:
@@ -84,6 +85,9 @@ class STMMCell(nn.Module):
             bn_star_k: ``k`` of :func:`bn_star`.
             dilation: dilation of ``W_z, W_r, W``, that of the convolution they replace (R-FCN's
                 feature reduction: 6); ``U_z, U_r, U`` are not dilated.
+            zero_memory_convs: start ``U_z, U_r, U`` at zero, so that the memory starts as a
+                gated running average of the frames' ``ReLU(W * F)`` (what the heads of the
+                static detector read, after the weight transfer); False: MSRA (random).
         """
         super().__init__()
         for name, size in [
@@ -119,6 +123,9 @@ class STMMCell(nn.Module):
         )
         for conv in (self.input_conv, self.gate_conv, self.candidate_conv):
             weight_init.c2_msra_fill(conv)
+        if zero_memory_convs:
+            nn.init.zeros_(self.gate_conv.weight)
+            nn.init.zeros_(self.candidate_conv.weight)
 
     def gate_activation(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. 1-2: gates are BN*(ReLU(.)), in [0, 1] and exactly 0 where ReLU is."""
@@ -139,6 +146,26 @@ class STMMCell(nn.Module):
             Tensor: (N, 3 * M, H, W).
         """
         return self.input_conv(features)
+
+    def static_feature(self, projected: torch.Tensor) -> torch.Tensor:
+        """
+        What the cell reads of a frame alone, its candidate without memory, ``act(W * F)``: the
+        static detector's feature once ``W`` is transferred from it (:mod:`.weight_transfer`).
+
+        Args:
+            projected (Tensor): (..., 3 * M, H, W) :meth:`project` of the frames.
+
+        Returns:
+            Tensor: (..., M, H, W).
+        """
+        return self.candidate_activation(projected.chunk(3, dim=-3)[2])
+
+    def static_feature_of(self, features: torch.Tensor) -> torch.Tensor:
+        """:meth:`static_feature` of (N, C_in, H, W) frame features, computing only ``W * F``."""
+        conv, m = self.input_conv, self.memory_channels
+        bias = conv.bias[2 * m :] if conv.bias is not None else None
+        w = F.conv2d(features, conv.weight[2 * m :], bias, conv.stride, conv.padding, conv.dilation)
+        return self.candidate_activation(w)
 
     def forward(self, projected: torch.Tensor, memory: Optional[torch.Tensor]) -> torch.Tensor:
         """
@@ -242,9 +269,18 @@ def build_cell(
     memory_kernel_size: int,
     bn_star_k: float,
     dilation: int = 1,
+    zero_memory_convs: bool = False,
 ) -> STMMCell:
     """The cell named by ``MODEL.STMN.CELL`` ("STMM" or "ConvGRU")."""
     if cell not in CELLS:
         raise ValueError(f"MODEL.STMN.CELL={cell!r} is not one of {CELLS}")
     cls = STMMCell if cell == "STMM" else ConvGRUCell
-    return cls(in_channels, memory_channels, kernel_size, memory_kernel_size, bn_star_k, dilation)
+    return cls(
+        in_channels,
+        memory_channels,
+        kernel_size,
+        memory_kernel_size,
+        bn_star_k,
+        dilation,
+        zero_memory_convs,
+    )

@@ -13,6 +13,14 @@ every frame, which :class:`~vod_d2.modeling.meta_arch.VideoRCNN` gives a loss wh
 has annotations. Without it, the loss is on the reference alone, the middle of the sequence: the
 frame that sees the most context on both sides, as every test frame does.
 
+Start. With ``MODEL.VIDEO.IDENTITY_INIT`` (:mod:`.gate`) ``U_z, U_r, U`` start at zero and the
+concatenated memories pass through a residual gate, closed at the start, to each direction's
+``ReLU(W * F_t)`` of the reference (:meth:`~.stmm.STMMCell.static_feature`): after the weight
+transfer that is the static detector's own feature, so STMN starts as the detector it was
+transferred from. The cell itself stays the paper's: its BN* gates make the memory of even one
+frame ``z * ReLU(W * F)``, below the static feature wherever ``z < 1``, so without the gate no
+initialisation of the cell gives back the static detector.
+
 Test sequence. Every frame is detected with the memories of its own window
 ``MODEL.VIDEO.TEST_WINDOW`` at ``TEST_STRIDE`` (the authors' "centre" test mode), so the memory
 never crosses into another window or video. :class:`~.stmn_stream.STMNTestStream` computes them
@@ -31,6 +39,7 @@ from detectron2.layers import Conv2d, ShapeSpec
 from fvcore.nn import weight_init
 
 from .build import TEMPORAL_AGGREGATION_REGISTRY, TemporalAggregation
+from .gate import maybe_gate
 from .match_trans import build_match_trans
 from .stmm import (
     CELLS,
@@ -102,6 +111,7 @@ class STMNAggregation(TemporalAggregation):
         test_window: Tuple[int, int] = (0, 0),
         test_stride: int = 1,
         test_cache_dtype: str = "float32",
+        identity_init: bool = False,
     ):
         """
         Args:
@@ -127,6 +137,8 @@ class STMNAggregation(TemporalAggregation):
             test_cache_dtype: "float32" or "float16", the dtype of the backward projections
                 and forward memories the test stream holds until their frames are detected
                 (:class:`~.stmn_stream.STMNTestStream`; "float16" holds about 35% less).
+            identity_init: start as the static detector (``MODEL.VIDEO.IDENTITY_INIT``, see the
+                module docstring).
         """
         super().__init__(input_shape)
         if input_shape.channels is None:
@@ -158,12 +170,14 @@ class STMNAggregation(TemporalAggregation):
                     memory_kernel_size,
                     bn_star_k,
                     dilation,
+                    zero_memory_convs=identity_init,
                 ),
                 aligner if matchtrans else None,
             )
 
         self.forward_memory = direction()
         self.backward_memory = direction() if bidirectional else None
+        self.residual_gate = maybe_gate(identity_init, self.output_shape().channels)
         self._training_keys = ("feature",) + tuple(_PROJECTIONS[: len(self._directions)])
         self._stream = None
 
@@ -193,6 +207,7 @@ class STMNAggregation(TemporalAggregation):
             "test_window": tuple(cfg.MODEL.VIDEO.TEST_WINDOW),
             "test_stride": cfg.MODEL.VIDEO.TEST_STRIDE,
             "test_cache_dtype": stmn.TEST_CACHE_DTYPE,
+            "identity_init": cfg.MODEL.VIDEO.IDENTITY_INIT,
         }
 
     @property
@@ -232,7 +247,8 @@ class STMNAggregation(TemporalAggregation):
         Returns:
             dict: training: ``"feature"`` (N, C_in, H, W) and ``"forward_projection"`` (and
             ``"backward_projection"`` when bidirectional), each (N, 3 M, H, W); test:
-            ``"forward_memory"`` (1, M, H, W), the forward memory of the frame's window.
+            ``"forward_memory"`` (1, M, H, W), the forward memory of the frame's window, and,
+            with the residual gate, ``"static"`` (1, C_out, H, W), the frame's static features.
         """
         if feature.dim() != 4 or feature.shape[1] != self.input_shape.channels:
             raise ValueError(
@@ -245,7 +261,12 @@ class STMNAggregation(TemporalAggregation):
                     "STMNAggregation in eval mode streams a video one frame at a time: reset() "
                     f"it at every video and encode one frame with its FrameInfo, got {len(frames)}"
                 )
-            return {"forward_memory": self._stream.push(frames[0].index, feature)}
+            encoded = {"forward_memory": self._stream.push(frames[0].index, feature)}
+            if self.residual_gate is not None:
+                encoded["static"] = torch.cat(
+                    [d.cell.static_feature_of(feature) for d in self._directions], dim=1
+                )
+            return encoded
         encoded = {"feature": feature}
         for name, direction in zip(_PROJECTIONS, self._directions):
             encoded[name] = direction.cell.project(feature)
@@ -273,7 +294,8 @@ class STMNAggregation(TemporalAggregation):
                 raise ValueError(f"STMN detects one test frame at a time, got {len(frames)}")
             index = frames[0].index
             window = [index + o for o in offsets[0].tolist()]
-            return self._stream.memories(index, ref["forward_memory"], window)
+            memories = self._stream.memories(index, ref["forward_memory"], window)
+            return self._gated(ref.get("static"), memories)
         keys = self.support_keys
         if set(ref) < set(keys) or set(support) < set(keys):
             raise ValueError(
@@ -341,6 +363,16 @@ class STMNAggregation(TemporalAggregation):
         def sequence(key, offsets):
             return torch.stack([column(key, o) for o in offsets], dim=1)
 
+        def static(offsets):
+            """The static features of the frames at ``offsets``, (N, len, C_out, H, W)."""
+            return torch.cat(
+                [
+                    d.cell.static_feature(sequence(name, offsets))
+                    for d, name in zip(self._directions, _PROJECTIONS)
+                ],
+                dim=2,
+            )
+
         past = [o for o in window if o < 0]
         future = [o for o in window if o > 0]
         if not self.per_frame_loss:
@@ -350,7 +382,8 @@ class STMNAggregation(TemporalAggregation):
                     self._directions, _PROJECTIONS, (past + [0], future[::-1] + [0])
                 )
             ]
-            return torch.cat(memories, dim=1)
+            gated = self.residual_gate is not None
+            return self._gated(static([0])[:, 0] if gated else None, torch.cat(memories, dim=1))
         # Both memories over the whole sequence, each frame's after its own step (§3.1).
         order = past + [0] + future
         memories = [
@@ -365,8 +398,16 @@ class STMNAggregation(TemporalAggregation):
             )
             memories.append(steps.flip(1))
         per_offset = torch.cat(memories, dim=2)
+        if self.residual_gate is not None:
+            per_offset = self.residual_gate(static(order), per_offset)
         positions = torch.as_tensor([[order.index(o) for o in [0] + row] for row in rows])
         return per_offset[samples[:, None], positions.to(device)]
+
+    def _gated(self, static, memories: torch.Tensor) -> torch.Tensor:
+        """``memories`` through the residual gate to ``static`` (both (B, C_out, H, W)), if any."""
+        if self.residual_gate is None:
+            return memories
+        return self.residual_gate(static, memories)
 
     def output_shape(self) -> ShapeSpec:
         directions = 1 if self.backward_memory is None else 2

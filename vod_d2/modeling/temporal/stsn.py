@@ -15,8 +15,9 @@ Two properties hold by construction and are tested:
 * At initialisation, ``g_{t,t+k}`` is ``f_{t+k}`` exactly: the offset convs are zero (integer
   sampling positions, no interpolation) and the last deformable conv is the identity (its centre
   tap is the identity matrix, when its width equals the backbone's: ``MODEL.STSN.OUT_CHANNELS``
-  0). Training then starts from FGFA-style averaging of the unaligned backbone maps, and an SSN
-  from the plain single-frame detector.
+  0). An SSN therefore starts as the plain single-frame detector, and an STSN as FGFA-style
+  averaging of the unaligned backbone maps, or, with the residual gate of
+  ``MODEL.VIDEO.IDENTITY_INIT``, as SSN.
 """
 
 from typing import Sequence
@@ -30,6 +31,7 @@ from torch import nn
 from torchvision.ops import DeformConv2d
 
 from .build import TEMPORAL_AGGREGATION_REGISTRY, TemporalAggregation
+from .gate import maybe_gate
 
 __all__ = [
     "SpatioTemporalSamplingBlock",
@@ -196,6 +198,11 @@ class STSNAggregation(TemporalAggregation):
     and the sampled maps are summed with weights ``softmax_k cos(S(g_{t,t}), S(g_{t,t+k}))`` per
     pixel (Eq. 3-4: exp of the cosine similarity, normalised over the 2K+1 frames).
 
+    With ``MODEL.VIDEO.IDENTITY_INIT`` (:mod:`.gate`) the weighted sum ends in a residual gate to
+    ``g_{t,t}`` that starts closed, so STSN starts as SSN (and, from a single-frame checkpoint,
+    as the single-frame detector): the paper's weights, exp of cosine similarities of a random
+    embedding, would otherwise start as a near-uniform average of unaligned frames.
+
     The (reference, frame) pairs go through the sampling block ``pairs_per_pass`` at a time and
     the weighted sum is accumulated over the passes, so at test time (2K+1 = 27 pairs) memory
     beyond the feature cache does not grow with K. Frame offsets are not used: the paper's
@@ -212,6 +219,7 @@ class STSNAggregation(TemporalAggregation):
         embedding: AggregationEmbedding,
         input_shape: ShapeSpec,
         pairs_per_pass: int = 0,
+        identity_init: bool = False,
     ):
         """
         Args:
@@ -219,6 +227,7 @@ class STSNAggregation(TemporalAggregation):
             embedding: the subnetwork S(.) of the aggregation weights.
             input_shape: shape of the backbone map (its stride is the output's).
             pairs_per_pass: (reference, frame) pairs sampled at once; 0 for all of them.
+            identity_init: start at ``g_{t,t}`` (``MODEL.VIDEO.IDENTITY_INIT``).
         """
         super().__init__(input_shape)
         if pairs_per_pass < 0:
@@ -226,6 +235,7 @@ class STSNAggregation(TemporalAggregation):
         self.sampling = sampling
         self.embedding = embedding
         self.pairs_per_pass = pairs_per_pass
+        self.residual_gate = maybe_gate(identity_init, sampling.out_channels)
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
@@ -235,6 +245,7 @@ class STSNAggregation(TemporalAggregation):
             "embedding": AggregationEmbedding(sampling.out_channels, cfg.MODEL.STSN.EMBED_DIMS),
             "input_shape": input_shape,
             "pairs_per_pass": cfg.MODEL.STSN.PAIRS_PER_PASS,
+            "identity_init": cfg.MODEL.VIDEO.IDENTITY_INIT,
         }
 
     def forward(self, ref, support, offsets, frames):
@@ -261,9 +272,9 @@ class STSNAggregation(TemporalAggregation):
             return_weights: also return the aggregation weights.
 
         Returns:
-            Tensor: (B, C_out, H, W) aggregated map ``g_t^agg``; with ``return_weights`` also
-            the (B, 1 + S, H, W) weights ``w_{t,t+k}``, the reference's first, summing to 1 over
-            dim 1.
+            Tensor: (B, C_out, H, W) aggregated map ``g_t^agg`` (through the residual gate, if
+            any); with ``return_weights`` also the (B, 1 + S, H, W) weights ``w_{t,t+k}``, the
+            reference's first, summing to 1 over dim 1.
         """
         if support.shape[1] == 0:
             sampled = self.sampling(ref, ref)
@@ -277,7 +288,8 @@ class STSNAggregation(TemporalAggregation):
             embedded = self.embedding(sampled).unflatten(0, (batch, num))
             sampled = sampled.unflatten(0, (batch, num))
             if anchor is None:
-                anchor = embedded[:, :1]  # S(g_{t,t}): the reference comes first
+                # g_{t,t} and S(g_{t,t}): the reference comes first
+                own, anchor = sampled[:, 0], embedded[:, :1]
             # Eq. 4. Cosines lie in [-1, 1], so exp needs no max-shift and the softmax over the
             # 2K+1 frames (Eq. 3's normalisation) can be summed pass by pass.
             exp = (anchor * embedded).sum(dim=2).exp()
@@ -285,6 +297,8 @@ class STSNAggregation(TemporalAggregation):
             denominator = denominator + exp.sum(dim=1)
             exps.append(exp)
         aggregated = numerator / denominator[:, None]
+        if self.residual_gate is not None:
+            aggregated = self.residual_gate(own, aggregated)
         if not return_weights:
             return aggregated
         return aggregated, torch.cat(exps, dim=1) / denominator[:, None]

@@ -50,7 +50,12 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-__all__ = ["TransferReport", "transfer_single_frame_weights", "convert_checkpoint"]
+__all__ = [
+    "TransferReport",
+    "transfer_single_frame_weights",
+    "convert_checkpoint",
+    "load_model_state",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +235,8 @@ def _place_on_half(key: str, src: torch.Tensor, shape: torch.Size) -> Optional[t
     return out
 
 
-def _load_state_dict(path: str) -> Dict[str, torch.Tensor]:
+def load_model_state(path: str) -> Dict[str, torch.Tensor]:
+    """The ``model`` state dict of a detectron2 ``.pth`` checkpoint at ``path`` (tensors only)."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -257,7 +263,7 @@ def convert_checkpoint(cfg, input_path: str, output_path: str, source_conv=DEFAU
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
     target = build_model(cfg).state_dict()
-    state, report = transfer_single_frame_weights(_load_state_dict(input_path), target, source_conv)
+    state, report = transfer_single_frame_weights(load_model_state(input_path), target, source_conv)
     logger.info(
         f"{input_path} -> {output_path}: {len(report.converted)} converted into STMN cells, "
         f"{len(report.copied)} copied, {len(report.widened)} widened, "
