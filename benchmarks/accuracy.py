@@ -1,26 +1,40 @@
 """
-Accuracy of the video methods on the built-in synthetic data, paired against their baselines.
+Accuracy of the video methods on the synthetic benchmark split, paired against their baselines.
 
-Tiny models trained from scratch vary more from seed to seed than methods differ, and the papers
-never start from scratch. So, as they do, every method starts from the same pretrained
-single-frame detector of its head ("warm start", trained once per head and cached):
+The protocol (README, "Measured"), on ``synthetic_bench_*`` (48 validation videos of 40-60
+frames, 120 training videos, the "hard" degradation profile):
 
-1. train the single-frame detector of each head (seed 0), once, for its ``HEADS`` iterations
-   (``--pretrain-iters`` sets one number for all);
-2. fine-tune every method from it for ``--iters`` iterations with the same schedule, for each
-   seed, through the weight transfer where the method has one (STMN), and continue the
-   single-frame detector for as many iterations as its baseline;
-3. evaluate each run on ``synthetic_vid_val`` and print, per method: the per-seed VID mAP,
-   mean and spread, COCO AP50/AP, and the paired difference (same seed) to its baseline.
+1. **Warm starts.** Each head's single-frame detector (``HEADS``) is trained once, seed 0, on
+   the VID + DET training split, with the config's learning rate divided by 10 at 75% of
+   ``iters``, and evaluated every ``iters / 8`` iterations (its curve is printed). Cached.
+2. **Flow pretraining.** DFF and Impression start their FlowNet-S from pretraining on
+   synthetic frame pairs (:mod:`vod_d2.modeling.flow.pretrain`, the papers' FlyingChairs
+   start). Cached.
+3. **Fine-tuning.** Every method, its baselines included, starts from its head's warm start
+   (``MODEL.WEIGHTS``: a single-frame checkpoint, loaded by :class:`VideoCheckpointer`, the
+   temporal modules starting as the identity) and trains ``--iters`` iterations on the VID
+   training videos, for each seed: the pretrained weights at the warm start's final learning
+   rate, the new modules at ``NEW_MODULE_LR_FACTOR`` times it, gradients clipped over the whole
+   model. The same schedule for every method and its baseline; seed ``--curve-seed``'s runs are
+   also evaluated every ``iters / 3`` iterations (the fine-tuning curves).
+4. **Evaluation.** VID mAP on the validation videos, overall, per motion bin and per condition
+   (clean, motion blur, defocus, occluded, any degradation), and per method the mean paired
+   difference to each of its baselines (same seed) with a 95% video-level bootstrap interval
+   (:func:`vod_d2.evaluation.paired_bootstrap`). A difference whose interval contains 0 is no
+   difference.
 
-Each run is ``train_net.py`` in its own process (``--jobs`` at a time, each with
-``--threads`` torch threads). A new method joins with one line of ``METHODS``.
-Finished runs are kept under ``--output``, named after their warm start and a hash of their
-config and its ``_BASE_`` chain, and a rerun reuses them; a change of code is not seen, so
-delete ``--output`` after one.
+``--iteration0`` also evaluates every method at fine-tuning iteration 0 (the warm start
+loaded into it), with and without ``MODEL.VIDEO.IDENTITY_INIT``; ``--second-warm-start``
+trains each head's warm start again with seed 1 and reports how far the two are apart (the
+baseline's own spread).
 
-    python benchmarks/accuracy.py                       # every method, seeds 0 1 2
-    python benchmarks/accuracy.py --methods single_frame stmn --seeds 0 1 --iters 200
+Each run is ``train_net.py`` in its own process (``--jobs`` at a time, ``--threads`` torch
+threads each). Finished runs are kept under ``--output``, named after a hash of everything
+they depend on (config chain, options, warm start, data version); a rerun reuses them. A change
+of code is not seen: delete ``--output`` after one.
+
+    python benchmarks/accuracy.py                                   # every default method
+    python benchmarks/accuracy.py --methods rfcn stsn_rfcn ssn_rfcn --seeds 0 1 2
 """
 
 import argparse
@@ -33,49 +47,58 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs", "synthetic")
+TRAIN = ("synthetic_bench_vid_train", "synthetic_bench_det_train")
+TEST = "synthetic_bench_vid_val"
+SUBSETS = ("all", "clean", "motion_blur", "defocus", "occluded", "degraded")
+MOTION = ("slow", "medium", "fast")
+
+
+@dataclass(frozen=True)
+class Head:
+    """A single-frame detector every method of the head starts from."""
+
+    config: str
+    iters: int  # warm-start length (curves in the README: gains < 0.5 mAP when continued)
+    clip: float  # full-model gradient clipping norm of fine-tuning
 
 
 @dataclass(frozen=True)
 class Method:
     """A synthetic config and how it is measured."""
 
-    head: str  # the warm start it fine-tunes from (a key of HEADS)
-    baseline: Optional[str]  # the method it is paired with (same head, same seed)
-    transfer: bool = False  # start through the STMN weight transfer
-
-
-@dataclass(frozen=True)
-class Head:
-    """The single-frame detector a head's methods start from, and its warm-start length."""
-
-    config: str
-    iters: int  # Sparse R-CNN's set prediction needs longer: 15.7 mAP at 1400, 52.3 at 4000
+    head: str
+    baselines: Tuple[str, ...] = ()  # compared with, seed by seed; the first is the single frame
+    flow: bool = False  # starts its flow network from the synthetic flow pretraining
+    default: bool = True  # in the default set
 
 
 HEADS = {
-    "faster_rcnn": Head("single_frame", 1400),
-    "rfcn": Head("rfcn", 1400),
-    "sparse_rcnn": Head("sparse_rcnn", 4000),
+    "faster_rcnn": Head("single_frame", 8000, 10.0),
+    "rfcn": Head("rfcn", 8000, 10.0),
+    # Sparse R-CNN's set prediction learns slower (and its config clips at norm 1).
+    "sparse_rcnn": Head("sparse_rcnn", 12000, 1.0),
 }
 
 METHODS = {
-    "single_frame": Method("faster_rcnn", None),
-    "ssn": Method("faster_rcnn", "single_frame"),
-    "stsn": Method("faster_rcnn", "ssn"),
-    "stmn": Method("faster_rcnn", "single_frame", transfer=True),
-    "rfcn": Method("rfcn", None),
-    "stmn_rfcn": Method("rfcn", "rfcn", transfer=True),
-    "lsts": Method("rfcn", "rfcn"),
-    "impression": Method("rfcn", "rfcn"),
-    "dff": Method("rfcn", "rfcn"),
-    "sparse_rcnn": Method("sparse_rcnn", None),
-    "sparsevod": Method("sparse_rcnn", "sparse_rcnn"),
+    "single_frame": Method("faster_rcnn"),
+    "stmn": Method("faster_rcnn", ("single_frame",)),
+    "ssn": Method("faster_rcnn", ("single_frame",), default=False),
+    "stsn": Method("faster_rcnn", ("single_frame", "ssn"), default=False),
+    "rfcn": Method("rfcn"),
+    "ssn_rfcn": Method("rfcn", ("rfcn",)),
+    "stsn_rfcn": Method("rfcn", ("rfcn", "ssn_rfcn")),
+    "stmn_rfcn": Method("rfcn", ("rfcn",)),
+    "dff": Method("rfcn", ("rfcn",), flow=True),
+    "impression": Method("rfcn", ("rfcn", "dff"), flow=True),
+    "lsts": Method("rfcn", ("rfcn", "dff")),
+    "sparse_rcnn": Method("sparse_rcnn"),
+    "sparsevod": Method("sparse_rcnn", ("sparse_rcnn",)),
 }
 
 
@@ -83,9 +106,16 @@ def _config(name: str) -> str:
     return os.path.join(CONFIGS, f"{name}.yaml")
 
 
-def _digest(name: str, extra: str = "") -> str:
-    """A short hash of the config ``name``, every ``_BASE_`` it inherits from, and ``extra``."""
-    h = hashlib.sha1(extra.encode())
+def _data_version() -> str:
+    """What the benchmark split depends on: the generator's version and options."""
+    from vod_d2.data import synthetic
+
+    return f"{synthetic.GENERATOR_VERSION}{sorted(synthetic.BENCHMARK_OPTIONS.items())}"
+
+
+def _digest(name: str, extra: Sequence[str]) -> str:
+    """A short hash of the config ``name``, its ``_BASE_`` chain, the data and ``extra``."""
+    h = hashlib.sha1("\0".join([_data_version(), *map(str, extra)]).encode())
     path = _config(name)
     while path:
         with open(path, "rb") as f:
@@ -96,74 +126,7 @@ def _digest(name: str, extra: str = "") -> str:
     return h.hexdigest()[:10]
 
 
-def _train(config: str, output: str, opts: List[str], threads: int, log: str) -> Dict:
-    """Run train_net.py; return the final evaluation of ``synthetic_vid_val`` (bbox metrics)."""
-    results = os.path.join(output, "final_results.json")
-    if os.path.isfile(results):
-        with open(results) as f:
-            return json.load(f)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    command = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", config]
-    command += ["OUTPUT_DIR", output, *opts]
-    os.makedirs(output, exist_ok=True)
-    with open(log, "w") as f:
-        code = subprocess.call(command, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if code:
-        raise RuntimeError(f"{' '.join(command)} failed ({code}); see {log}")
-    metrics = _last_metrics(os.path.join(output, "metrics.json"))
-    with open(results, "w") as f:
-        json.dump(metrics, f)
-    return metrics
-
-
-def _last_metrics(path: str) -> Dict:
-    """The evaluation that detectron2's EvalHook wrote last into metrics.json."""
-    found = {}
-    with open(path) as f:
-        for line in f:
-            entry = json.loads(line)
-            values = {k.split("/bbox/")[1]: v for k, v in entry.items() if "/bbox/" in k}
-            if values:
-                found = values
-    if not found:
-        raise RuntimeError(f"{path} holds no evaluation")
-    return found
-
-
-def _warm_start(head: str, args, log_dir: str) -> str:
-    """Train (once) the single-frame detector of ``head``; return its checkpoint."""
-    name = HEADS[head].config
-    iters = args.pretrain_iters or HEADS[head].iters
-    key = _digest(name, extra=str(iters))
-    output = os.path.join(args.output, "warm_start", f"{name}-{iters}-{key}")
-    steps = f"({int(iters * 0.75)},)"
-    opts = ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", steps, "SEED", "0"]
-    start = time.perf_counter()
-    metrics = _train(
-        _config(name), output, opts, args.threads, os.path.join(log_dir, f"{name}.log")
-    )
-    seconds = time.perf_counter() - start
-    print(f"warm start {name}, {iters} iterations: {metrics['mAP']:.1f} mAP ({seconds:.0f} s)")
-    return os.path.join(output, "model_final.pth")
-
-
-def _transferred(name: str, warm: str) -> str:
-    """The warm start converted for ``name`` by the STMN weight transfer (cached)."""
-    target = os.path.splitext(warm)[0] + f"-to-{name}.pth"
-    if not os.path.isfile(target):
-        from detectron2.config import get_cfg
-
-        from vod_d2 import add_vod_config
-        from vod_d2.modeling.temporal.weight_transfer import convert_checkpoint
-
-        cfg = get_cfg()
-        add_vod_config(cfg)
-        cfg.merge_from_file(_config(name))
-        convert_checkpoint(cfg, warm, target)
-    return target
-
-
-def _base_lr(name: str) -> float:
+def _cfg(name: str):
     from detectron2.config import get_cfg
 
     from vod_d2 import add_vod_config
@@ -171,99 +134,312 @@ def _base_lr(name: str) -> float:
     cfg = get_cfg()
     add_vod_config(cfg)
     cfg.merge_from_file(_config(name))
-    return cfg.SOLVER.BASE_LR
+    return cfg
 
 
-def _fine_tune_opts(args, name: str, seed: int, weights: str) -> List[str]:
-    steps = f"({int(args.iters * 2 / 3)},)"
-    return [
-        "MODEL.WEIGHTS", weights,
-        "SOLVER.MAX_ITER", str(args.iters),
-        "SOLVER.STEPS", steps,
-        "SOLVER.BASE_LR", str(_base_lr(name) * args.lr_scale),
-        "SOLVER.WARMUP_ITERS", str(min(20, args.iters // 10)),
-        "SEED", str(seed),
+def _train(config: str, output: str, opts: List, threads: int, log: str, eval_only=False) -> Dict:
+    """Run train_net.py (once: cached); return its evaluation history (metrics.json)."""
+    done = os.path.join(output, "history.json")
+    if os.path.isfile(done):
+        with open(done) as f:
+            return json.load(f)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    command = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", config]
+    command += ["--eval-only"] if eval_only else []
+    command += ["OUTPUT_DIR", output, *map(str, opts)]
+    os.makedirs(output, exist_ok=True)
+    with open(log, "w") as f:
+        code = subprocess.call(command, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if code:
+        raise RuntimeError(f"{' '.join(command)} failed ({code}); see {log}")
+    history = _history(os.path.join(output, "metrics.json"), log, eval_only)
+    with open(done, "w") as f:
+        json.dump(history, f)
+    return history
+
+
+def _history(path: str, log: str, eval_only: bool) -> Dict:
+    """
+    The runs' evaluations (``"evals"``: iteration -> bbox metrics, the last being the final
+    one) and training losses (``"loss"``: iteration -> total loss), from detectron2's
+    metrics.json; an ``--eval-only`` run has no metrics.json, its results are in its log.
+    """
+    evals, loss = {}, {}
+    if eval_only:
+        evals["0"] = _logged_results(log)
+        return {"evals": evals, "loss": loss}
+    with open(path) as f:
+        for line in f:
+            entry = json.loads(line)
+            values = {k.split("/bbox/")[1]: v for k, v in entry.items() if "/bbox/" in k}
+            if values:
+                evals[str(entry["iteration"] + 1)] = values
+            if "total_loss" in entry:
+                loss[str(entry["iteration"] + 1)] = entry["total_loss"]
+    if not evals:
+        raise RuntimeError(f"{path} holds no evaluation")
+    return {"evals": evals, "loss": loss}
+
+
+def _logged_results(log: str) -> Dict:
+    """The ``copypaste`` csv of detectron2's print_csv_format in a log."""
+    with open(log) as f:
+        lines = [line.split("copypaste: ", 1)[1].strip() for line in f if "copypaste: " in line]
+    names, values = lines[-2].split(","), lines[-1].split(",")
+    return {k: float(v) for k, v in zip(names, values)}
+
+
+def _final(history: Dict) -> Dict:
+    return history["evals"][max(history["evals"], key=int)]
+
+
+def _schedule_lr(cfg) -> float:
+    """The learning rate at the end of a warm start (one step, SOLVER.GAMMA)."""
+    return cfg.SOLVER.BASE_LR * cfg.SOLVER.GAMMA
+
+
+def _data_opts() -> List:
+    return ["DATASETS.TRAIN", str(TRAIN), "DATASETS.TEST", f"('{TEST}',)"]
+
+
+def _warm_start(head: str, seed: int, args) -> Tuple[str, Dict]:
+    """Train (once) the single-frame detector of ``head``; return its checkpoint and history."""
+    spec = HEADS[head]
+    iters = args.warm_iters or spec.iters
+    key = _digest(spec.config, ["warm", iters, seed])
+    output = os.path.join(args.output, "warm_start", f"{spec.config}-{iters}-s{seed}-{key}")
+    opts = _data_opts() + [
+        "SOLVER.MAX_ITER", iters, "SOLVER.STEPS", f"({int(iters * 0.75)},)",
+        "TEST.EVAL_PERIOD", iters // 8, "SEED", seed,
     ]  # fmt: skip
+    log = os.path.join(args.output, "logs", f"warm-{spec.config}-s{seed}.log")
+    history = _train(_config(spec.config), output, opts, args.threads, log)
+    return os.path.join(output, "model_final.pth"), history
 
 
-def _table(methods: List[str], seeds: List[int], runs: Dict) -> str:
-    header = [f"s{s}" for s in seeds] + ["mean", "spread", "AP50", "AP", "vs", "paired diff"]
-    rows = [["method", *header]]
+def _pretrained_flow(name: str, args) -> str:
+    """The synthetic flow pretraining of ``name``'s flow network (once: cached)."""
+    cfg = _cfg(name)
+    flow = cfg.MODEL.FLOW
+    key = hashlib.sha1(
+        f"{flow.NAME}{flow.FLOWNET}{flow.RAFT}{cfg.INPUT.FORMAT}{args.flow_iters}".encode()
+    ).hexdigest()[:10]
+    path = os.path.join(args.output, "flow", f"{flow.NAME}-{args.flow_iters}-{key}.pth")
+    if not os.path.isfile(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        command = [
+            sys.executable, os.path.join(ROOT, "tools", "pretrain_flow.py"),
+            "--config-file", _config(name), "--iters", str(args.flow_iters), "--output", path,
+        ]  # fmt: skip
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        log = os.path.join(args.output, "logs", f"flow-{name}.log")
+        with open(log, "w") as f:
+            if subprocess.call(command, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT):
+                raise RuntimeError(f"{' '.join(command)} failed; see {log}")
+    return path
+
+
+def _fine_tune_opts(args, name: str, seed: int, warm: str, flow: Optional[str]) -> List:
+    """Every method's fine-tuning (module docstring, step 3)."""
+    head = HEADS[METHODS[name].head]
+    lr = _schedule_lr(_cfg(head.config))
+    opts = ["DATASETS.TRAIN", f"('{TRAIN[0]}',)", "DATASETS.TEST", f"('{TEST}',)"]
+    opts += [
+        "MODEL.WEIGHTS", warm, "SOLVER.MAX_ITER", args.iters, "SOLVER.STEPS", "()",
+        "SOLVER.BASE_LR", lr, "SOLVER.WARMUP_ITERS", min(50, args.iters // 10),
+        "SOLVER.NEW_MODULE_LR_FACTOR", args.new_module_lr_factor,
+        "SOLVER.CLIP_GRADIENTS.ENABLED", True, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "full_model",
+        "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", head.clip, "SEED", seed,
+        "TEST.EVAL_PERIOD", args.iters // 3 if seed == args.curve_seed else 0,
+    ]  # fmt: skip
+    if flow:
+        opts += ["MODEL.FLOW.WEIGHTS", flow]
+    return opts
+
+
+def _detections(run: str, gt, image_index: Dict[int, int]):
+    """The dumped detections of a run as a FrameDetections."""
+    from vod_d2.evaluation import FrameDetections
+
+    path = os.path.join(run, "inference", TEST, f"{TEST}_detections.json")
+    with open(path) as f:
+        rows = json.load(f)
+    boxes = np.array([r["bbox"] for r in rows], np.float64).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]  # XYWH -> XYXY
+    return FrameDetections(
+        frame=[image_index[r["image_id"]] for r in rows],
+        boxes=boxes,
+        scores=[r["score"] for r in rows],
+        classes=[r["category_id"] for r in rows],
+    )
+
+
+def _differences(methods, seeds, outputs, samples) -> Dict:
+    """Per method and baseline: paired_bootstrap on every subset."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    import vod_d2  # noqa: F401  (registers the datasets)
+    from vod_d2.evaluation import ground_truth_from_records, paired_bootstrap
+
+    classes = MetadataCatalog.get(TEST).thing_classes
+    gt, _ = ground_truth_from_records(DatasetCatalog.get(TEST), len(classes), TEST)
+    index = {int(i): f for f, i in enumerate(gt.image_ids)}
+    cache = {}
+
+    def runs(name):
+        if name not in cache:
+            cache[name] = [_detections(outputs[name, s], gt, index) for s in seeds]
+        return cache[name]
+
+    out = {}
     for name in methods:
-        maps = np.array([runs[name, s]["mAP"] for s in seeds])
-        ap50 = np.mean([runs[name, s].get("AP50", np.nan) for s in seeds])
-        ap = np.mean([runs[name, s].get("AP", np.nan) for s in seeds])
-        row = [name, *[f"{m:.1f}" for m in maps], f"{maps.mean():.1f}", f"{np.ptp(maps):.1f}"]
-        row += [f"{ap50:.1f}", f"{ap:.1f}"]
-        base = METHODS[name].baseline
-        if base in methods:
-            diffs = maps - np.array([runs[base, s]["mAP"] for s in seeds])
-            per_seed = " ".join(f"{d:+.1f}" for d in diffs)
-            row += [base, f"{diffs.mean():+.1f} ({per_seed})"]
-        else:
-            row += ["", ""]
-        rows.append(row)
+        for base in METHODS[name].baselines:
+            if base in methods:
+                diff = paired_bootstrap(gt, runs(name), runs(base), len(classes), samples=samples)
+                out[f"{name} vs {base}"] = {k: vars(v) for k, v in diff.items()}
+    return out
+
+
+def _table(rows: List[List[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 
+def _metric_table(methods, seeds, finals) -> str:
+    rows = [["method", *[f"s{s}" for s in seeds], *SUBSETS[1:], *MOTION, "AP50", "AP75", "AP"]]
+    for name in methods:
+        maps = [finals[name, s] for s in seeds]
+        mean = {k: np.mean([m.get(k, np.nan) for m in maps]) for k in maps[0]}
+        row = [name, *[f"{m['mAP']:.1f}" for m in maps]]
+        row += [f"{mean.get(f'mAP_{k}', np.nan):.1f}" for k in SUBSETS[1:] + MOTION]
+        row += [f"{mean.get(k, np.nan):.1f}" for k in ("AP50", "AP75", "AP")]
+        rows.append(row)
+    return _table(rows)
+
+
+def _difference_table(differences: Dict) -> str:
+    rows = [["pair", *SUBSETS]]
+    for pair, subsets in differences.items():
+        cells = []
+        for k in SUBSETS:
+            d = subsets[k]
+            cells.append(f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]")
+        rows.append([pair, *cells])
+    return _table(rows)
+
+
+def _curve(history: Dict, key: str = "mAP") -> str:
+    evals = sorted(history["evals"].items(), key=lambda item: int(item[0]))
+    return ", ".join(f"{it}: {m[key]:.1f}" for it, m in evals)
+
+
+def _warm_spread(warm, head: str) -> str:
+    """The seed-1 warm start of ``head`` minus the seed-0 one, per subset."""
+    a, b = (_final(warm[head, s][1]) for s in (0, 1))
+    keys = {k: "mAP" if k == "all" else f"mAP_{k}" for k in SUBSETS}
+    return ", ".join(f"{k} {b[key] - a[key]:+.1f}" for k, key in keys.items())
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    default = [m for m, spec in METHODS.items() if spec.default]
+    parser.add_argument("--methods", nargs="+", default=default, choices=list(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument(
-        "--pretrain-iters", type=int, help="warm-start iterations of every head (default: HEADS)"
-    )
-    parser.add_argument("--iters", type=int, default=300, help="fine-tuning iterations")
-    parser.add_argument(
-        "--lr-scale", type=float, default=0.5, help="fine-tuning lr / the config's BASE_LR"
-    )
+    parser.add_argument("--iters", type=int, default=600, help="fine-tuning iterations")
+    parser.add_argument("--warm-iters", type=int, help="warm-start iterations of every head")
+    parser.add_argument("--flow-iters", type=int, default=3000, help="flow pretraining steps")
+    parser.add_argument("--new-module-lr-factor", type=float, default=10.0)
+    parser.add_argument("--curve-seed", type=int, default=0, help="seed whose runs log curves")
+    parser.add_argument("--samples", type=int, default=1000, help="bootstrap samples")
+    parser.add_argument("--iteration0", action="store_true", help="evaluate every iteration 0")
+    parser.add_argument("--second-warm-start", action="store_true")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--output", default=os.path.join(ROOT, "output", "accuracy"))
-    parser.add_argument("--json", help="also write every run's metrics to this file")
+    parser.add_argument("--json", help="also write every result to this file")
     args = parser.parse_args()
+    if len(args.seeds) < 3:
+        parser.error("paired differences need at least 3 seeds")
     methods = list(dict.fromkeys(args.methods))
-    missing = [m for m in methods if METHODS[m].baseline and METHODS[m].baseline not in methods]
-    if missing:
-        parser.error(f"add the baselines of {missing}: {[METHODS[m].baseline for m in missing]}")
     for name in methods:
         if not os.path.isfile(_config(name)):
             parser.error(f"no config {_config(name)}")
     start = time.perf_counter()
-    logs = os.path.join(args.output, "logs")
-    os.makedirs(logs, exist_ok=True)
-    warm = {h: _warm_start(h, args, logs) for h in sorted({METHODS[m].head for m in methods})}
-    inits = {m: warm[METHODS[m].head] for m in methods}
-    for m in methods:
-        if METHODS[m].transfer:
-            inits[m] = _transferred(m, inits[m])
-    tag = f"{args.iters}it-lr{args.lr_scale}x"
+    os.makedirs(os.path.join(args.output, "logs"), exist_ok=True)
+    pool = ThreadPoolExecutor(args.jobs)
+    heads = sorted({METHODS[m].head for m in methods})
+    warm_seeds = [0, 1] if args.second_warm_start else [0]
+    warm_jobs = [(h, s) for h in heads for s in warm_seeds]
+    warm = dict(zip(warm_jobs, pool.map(lambda job: _warm_start(*job, args), warm_jobs)))
+    flows = {m: _pretrained_flow(m, args) for m in methods if METHODS[m].flow}
 
-    def run(job):
+    def fine_tune(job):
         name, seed = job
-        # Named after the warm start and the config chain: a changed config or warm start never
-        # reuses an older run's results.
-        start = os.path.basename(os.path.dirname(warm[METHODS[name].head]))
-        run_name = f"{name}-{_digest(name, extra=os.path.basename(inits[name]))}"
-        output = os.path.join(args.output, tag, start, run_name, f"seed{seed}")
-        log = os.path.join(logs, f"{tag}-{name}-seed{seed}.log")
-        opts = _fine_tune_opts(args, name, seed, inits[name])
-        return job, _train(_config(name), output, opts, args.threads, log)
+        checkpoint = warm[METHODS[name].head, 0][0]
+        opts = _fine_tune_opts(args, name, seed, checkpoint, flows.get(name))
+        output = os.path.join(args.output, "runs", f"{name}-{_digest(name, opts)}", f"seed{seed}")
+        log = os.path.join(args.output, "logs", f"{name}-seed{seed}.log")
+        return job, (output, _train(_config(name), output, opts, args.threads, log))
 
     jobs = [(m, s) for m in methods for s in args.seeds]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        runs = dict(pool.map(run, jobs))
+    runs = dict(pool.map(fine_tune, jobs))
+    finals = {job: _final(history) for job, (_, history) in runs.items()}
+    outputs = {job: output for job, (output, _) in runs.items()}
+    differences = _differences(methods, args.seeds, outputs, args.samples)
+
+    iteration0 = {}
+    if args.iteration0:
+
+        def evaluate_start(job):
+            name, identity = job
+            checkpoint = warm[METHODS[name].head, 0][0]
+            opts = _data_opts() + ["MODEL.WEIGHTS", checkpoint]
+            opts += ["MODEL.VIDEO.IDENTITY_INIT", identity]
+            opts += ["MODEL.FLOW.WEIGHTS", flows[name]] if name in flows else []
+            output = os.path.join(args.output, "iteration0", f"{name}-{_digest(name, opts)}")
+            log = os.path.join(args.output, "logs", f"iteration0-{name}-{identity}.log")
+            return job, _final(_train(_config(name), output, opts, args.threads, log, True))
+
+        starts = [(m, i) for m in methods for i in (True, False)]
+        iteration0 = dict(pool.map(evaluate_start, starts))
+
+    print(f"\nWarm starts (VID mAP on {TEST} during training):")
+    for (head, seed), (_, history) in warm.items():
+        print(f"  {HEADS[head].config} seed {seed}: {_curve(history)}")
+    for head in heads if args.second_warm_start else ():
+        print(f"  {head}: warm start seed 1 - seed 0: {_warm_spread(warm, head)}")
     print(
-        f"\nsynthetic_vid_val VID mAP (COCO AP50/AP: means), from the warm starts above, "
-        f"fine-tuning {args.iters} iterations at {args.lr_scale} x each config's BASE_LR:\n"
+        f"\nFine-tuning: {args.iters} iterations from the warm starts (VID mAP of each seed; "
+        "per condition and motion bin, the means over seeds):\n"
     )
-    print(_table(methods, args.seeds, runs))
+    print(_metric_table(methods, args.seeds, finals))
+    print("\nPaired differences (mean over seeds, 95% video-level bootstrap interval):\n")
+    print(_difference_table(differences))
+    print(f"\nFine-tuning curves (seed {args.curve_seed}, mAP by iteration):")
+    for name in methods:
+        history = runs[name, args.curve_seed][1]
+        print(f"  {name}: {_curve(history)}")
+    if iteration0:
+        print("\nIteration 0 (the warm start loaded into each method), mAP with / without")
+        print("MODEL.VIDEO.IDENTITY_INIT:")
+        for name in methods:
+            identity, paper = (iteration0[name, i]["mAP"] for i in (True, False))
+            print(f"  {name}: {identity:.1f} / {paper:.1f}")
     wall = time.perf_counter() - start
     print(f"\nwall time {wall:.0f} s ({args.jobs} jobs x {args.threads} threads)")
     if args.json:
+        result = {
+            "runs": {f"{m}/seed{s}": finals[m, s] for m, s in finals},
+            "curves": {f"{m}/seed{s}": h for (m, s), (_, h) in runs.items()},
+            "warm_starts": {f"{h}/seed{s}": hist for (h, s), (_, hist) in warm.items()},
+            "differences": differences,
+            "iteration0": {
+                f"{m}/{'identity' if i else 'paper'}": r for (m, i), r in iteration0.items()
+            },
+            "wall_seconds": wall,
+        }
         with open(args.json, "w") as f:
-            json.dump({f"{m}/seed{s}": r for (m, s), r in runs.items()}, f, indent=2)
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

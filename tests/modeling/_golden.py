@@ -26,7 +26,12 @@ def golden_cfg(name):
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     cfg.TEST.DETECTIONS_PER_IMAGE = 20
     cfg.MODEL.STMN.MEMORY_CHANNELS = 64  # the synthetic STMN config's width at ecdcea7
-    cfg.MODEL.VIDEO.IDENTITY_INIT = False  # no residual gates at ecdcea7
+    # As the configs were at ecdcea7: no residual gates, STSN's and STMN's test windows then,
+    # MatchTrans's paper window.
+    cfg.MODEL.VIDEO.IDENTITY_INIT = False
+    cfg.MODEL.VIDEO.TEST_WINDOW = {"stsn": (4, 4), "stmn": (3, 3)}.get(name, (0, 0))
+    cfg.MODEL.VIDEO.TEST_STRIDE = 2 if name == "stmn" else 1
+    cfg.MODEL.STMN.MATCHTRANS.K = 2
     return cfg
 
 

@@ -4,7 +4,7 @@ and the position-wise scale map of Impression Network §3.3 / Deep Feature Flow 
 flow-guided propagation ``W(f_ref, M) * S`` built on them.
 """
 
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,7 @@ class FlowNetwork(nn.Module):
     """
     Base of the flow networks (registered in ``FLOW_NET_REGISTRY``).
 
-    A subclass implements ``load_pretrained(path)`` and
+    A subclass implements ``load_pretrained(path)``, its inverse ``pretrained_state()`` and
     ``forward(cur_images, ref_images) -> (flow, scale)``:
 
     * ``cur_images``, ``ref_images`` (Tensor): (N, 3, H, W) frames exactly as the detector
@@ -155,3 +155,19 @@ class FlowNetwork(nn.Module):
     def load_pretrained(self, path: str) -> None:
         """Load the pretrained weights at ``path`` (``MODEL.FLOW.WEIGHTS``), layout per network."""
         raise NotImplementedError(f"{type(self).__name__} cannot load MODEL.FLOW.WEIGHTS")
+
+    def multiscale_flows(
+        self, cur_images: torch.Tensor, ref_images: torch.Tensor
+    ) -> List[Tuple[torch.Tensor, int]]:
+        """
+        The flows to supervise in flow pretraining (:mod:`.pretrain`), coarse to fine, each
+        (N, 2, h, w) in pixels of the given frames with its stride in those pixels; the last is
+        the stride-16 flow :meth:`forward` returns. Networks with intermediate predictions
+        (FlowNet-S) return them all.
+        """
+        flow, _ = self(cur_images, ref_images)
+        return [(flow * FEATURE_STRIDE, FEATURE_STRIDE)]
+
+    def pretrained_state(self) -> dict:
+        """This network's weights as a checkpoint that :meth:`load_pretrained` reads."""
+        raise NotImplementedError(f"{type(self).__name__} cannot save its weights as pretrained")

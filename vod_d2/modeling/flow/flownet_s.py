@@ -163,6 +163,35 @@ class FlowNetS(FlowNetwork):
         Returns:
             (flow (N, 2, ceil(H/16), ceil(W/16)), scale (N, C, ceil(H/16), ceil(W/16))).
         """
+        top, _ = self._refine(cur_images, ref_images)
+        flow = self.predict_flow2(top) * (self.div_flow / _FLOW_STRIDE)
+        return flow, self.scale(top)
+
+    def multiscale_flows(
+        self, cur_images: torch.Tensor, ref_images: torch.Tensor
+    ) -> List[Tuple[torch.Tensor, int]]:
+        """
+        Every level's flow, FlowNet's multi-scale training targets: ``predict_flow6`` ..
+        ``predict_flow3`` of the refinement and the stride-16 output, each in pixels of the
+        given frames, with its stride in those pixels (128 .. 16, and 16).
+        """
+        top, levels = self._refine(cur_images, ref_images)
+        # A level predicts flow / div_flow in pixels of the half-resolution input.
+        flows = [(flow * self.div_flow * 2, 2 * stride) for flow, stride in levels]
+        flows.append((self.predict_flow2(top) * self.div_flow * 2, FEATURE_STRIDE))
+        return flows
+
+    def _refine(
+        self, cur_images: torch.Tensor, ref_images: torch.Tensor
+    ) -> Tuple[torch.Tensor, List[Tuple[torch.Tensor, int]]]:
+        """
+        The encoder and the refinement up to DFF's pooled top map.
+
+        Returns:
+            tuple: the pooled concat_2 (N, 194 / width_divisor, ceil(H/16), ceil(W/16)), and the
+            refinement's flow predictions (flow6 .. flow3, each (N, 2, h, w) in units of
+            div_flow half-resolution pixels) with their strides on the half-resolution input.
+        """
         if cur_images.shape != ref_images.shape:
             raise ValueError(
                 f"FlowNetS: frames of different shapes {tuple(cur_images.shape)} and "
@@ -179,21 +208,30 @@ class FlowNetS(FlowNetwork):
         encoder = {}
         for name, *_ in _ENCODER:
             x = encoder[name] = _leaky(getattr(self, name)(x))
+        levels = []
         for level, skip, _ in _DECODER:
             target = encoder[skip]
             flow = getattr(self, f"predict_flow{level + 1}")(x)
+            levels.append((flow, 2 ** (level + 1)))
             up_flow = _crop_like(
                 getattr(self, f"upsampled_flow{level + 1}_to_{level}")(flow), target
             )
             up_feature = _leaky(_crop_like(getattr(self, f"deconv{level}")(x), target))
             x = torch.cat([target, up_feature, up_flow], dim=1)
-        x = F.avg_pool2d(x, 2, ceil_mode=True)
-        flow = self.predict_flow2(x) * (self.div_flow / _FLOW_STRIDE)
-        return flow, self.scale(x)
+        return F.avg_pool2d(x, 2, ceil_mode=True), levels
 
     def load_pretrained(self, path: str) -> None:
         """Load a ClementPinard FlowNetS checkpoint (see :func:`load_flownets_checkpoint`)."""
         load_flownets_checkpoint(self, path)
+
+    def pretrained_state(self) -> dict:
+        """The weights in ClementPinard's layout (the scale map S aside), at this width."""
+        state = {
+            _checkpoint_key(k): v.detach().clone()
+            for k, v in self.state_dict().items()
+            if not k.startswith("scale.")
+        }
+        return {"arch": "flownets", "div_flow": self.div_flow, "state_dict": state}
 
 
 def _crop_like(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -272,7 +310,10 @@ def load_flownets_checkpoint(model: FlowNetS, path: str) -> None:
             if keys:
                 problems.append(f"{what} keys: {', '.join(keys)}")
         if mismatched:
-            problems.append(f"shape mismatches (WIDTH_DIVISOR must be 1): {'; '.join(mismatched)}")
+            problems.append(
+                "shape mismatches (MODEL.FLOW.FLOWNET.WIDTH_DIVISOR must be the checkpoint's: 1 "
+                f"for FlyingChairs FlowNet-S): {'; '.join(mismatched)}"
+            )
         raise ValueError(
             f"{path} is not a ClementPinard FlowNetS (batchNorm=False) checkpoint for this model: "
             + ". ".join(problems)

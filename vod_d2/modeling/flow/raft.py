@@ -117,7 +117,8 @@ class RAFTSmall(FlowNetwork):
             path: either the name of a torchvision weights entry, "Raft_Small_Weights.C_T_V2"
                 (or ``.C_T_V1``; FlyingChairs + FlyingThings), which torchvision downloads to its
                 cache; or a path/URL of a file holding a ``raft_small().state_dict()`` (the
-                file behind ``Raft_Small_Weights.C_T_V2.url`` is one).
+                file behind ``Raft_Small_Weights.C_T_V2.url`` is one), or a dict with it as
+                ``"state_dict"`` (:meth:`pretrained_state`).
 
         Raises:
             ValueError: naming missing, unexpected or mis-shaped keys.
@@ -127,6 +128,7 @@ class RAFTSmall(FlowNetwork):
         else:
             with PathManager.open(path, "rb") as f:
                 state = torch.load(f, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state)
         ours = self.raft.state_dict()
         missing = sorted(set(ours) - set(state))
         unexpected = sorted(set(state) - set(ours))
@@ -142,3 +144,7 @@ class RAFTSmall(FlowNetwork):
             )
         self.raft.load_state_dict(state)
         logger.info("Loaded RAFT-small weights from %s", path)
+
+    def pretrained_state(self) -> dict:
+        """``self.raft``'s weights, as :meth:`load_pretrained` reads them."""
+        return {"state_dict": {k: v.detach().clone() for k, v in self.raft.state_dict().items()}}
