@@ -27,8 +27,8 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec
 from fvcore.nn import weight_init
 from torch import nn
-from torchvision.ops import DeformConv2d
 
+from ...layers import DeformConv2d
 from .build import TEMPORAL_AGGREGATION_REGISTRY, TemporalAggregation
 
 __all__ = [
