@@ -7,8 +7,8 @@ lets detectron2's RPN and ROI heads use one set of weights on every level, and t
 follows them. It also sees at every level the displacement it learns: objects are assigned to
 the level where they are about the same size in cells, so their motion is about the same in
 cells too. Per-level copies would multiply the module's parameters by the number of levels
-(STSN's sampling block at the paper's width is 29.5 M on one 256-channel map, 147 M on p2-p6,
-against 41 M for the whole R50-FPN detector) and train each copy on a fifth of the objects.
+(STSN at the paper's widths has 28.3 M parameters on a 256-channel map: 142 M on p2-p6, against
+41.7 M for the whole R50-FPN detector) and train each copy on a fifth of the objects.
 
 **Why an instance per map.** A module may keep state from frame to frame (STMN's test stream of
 memories), which must not mix levels, and is built for its map's :class:`ShapeSpec` (stride).
