@@ -3,6 +3,8 @@ SharedWeightModules: modules that compute with another module's weights and keep
 state (one temporal aggregation per FPN level, one set of weights).
 """
 
+from functools import reduce
+
 import pytest
 import torch
 from torch import nn
@@ -29,21 +31,28 @@ def _model():
     """The source registered before the modules that share its weights, as in VideoRCNN."""
     model = nn.Module()
     model.first = _Net(seed=0)
-    model.levels = SharedWeightModules(
-        model.first, {"p3": _Net(seed=1), "p4": _Net(seed=2)}, "p2"
-    )
+    model.levels = SharedWeightModules(model.first, {"p3": _Net(seed=1), "p4": _Net(seed=2)}, "p2")
     return model
 
 
-def _tensors(module):
-    return [*module.parameters(recurse=True), *module.buffers(recurse=True)]
+def _tensors(module, like):
+    """``module``'s tensors of the names of ``like``'s parameters and buffers."""
+    names = [name for name, _ in (*like.named_parameters(), *like.named_buffers())]
+    assert len(names) == 7  # conv weight, bias; norm weight, bias, running mean, var, count
+    return [reduce(getattr, name.split("."), module) for name in names]
+
+
+def _check_shared(model):
+    for level in ("p3", "p4"):
+        for own, source in zip(
+            _tensors(model.levels[level], model.first), _tensors(model.first, model.first)
+        ):
+            assert own is source, level
 
 
 def test_every_module_computes_with_the_sources_weights_and_keeps_its_own_state():
     model = _model()
-    for level in ("p3", "p4"):
-        for own, source in zip(_tensors(model.levels[level]), _tensors(model.first)):
-            assert own is source, level
+    _check_shared(model)
     x = torch.randn(2, 4, 5, 6)
     model.eval()
     expected = model.first(x)
@@ -52,10 +61,13 @@ def test_every_module_computes_with_the_sources_weights_and_keeps_its_own_state(
     model.levels["p3"](x[:1])
     assert len(model.first.state) == 1 and len(model.levels["p4"].state) == 1
     assert len(model.levels["p3"].state) == 2
-    # One set of weights: counted, and trained, once.
-    assert sum(p.numel() for p in model.parameters()) == sum(
-        p.numel() for p in model.first.parameters()
-    )
+
+
+def test_the_weights_are_the_models_once():
+    model = _model()
+    assert [p for p in model.parameters()] == [p for p in model.first.parameters()]
+    assert [b for b in model.buffers()] == [b for b in model.first.buffers()]
+    assert list(model.state_dict()) == [f"first.{k}" for k in model.first.state_dict()]
 
 
 def test_a_training_step_moves_every_level_and_running_statistics_are_shared():
@@ -67,30 +79,34 @@ def test_a_training_step_moves_every_level_and_running_statistics_are_shared():
     assert int(model.levels["p3"].norm.num_batches_tracked) == 1
 
 
-def test_the_state_dict_holds_the_weights_once_and_loads_into_every_module():
+def test_a_loaded_state_dict_reaches_every_module_and_reports_missing_weights_once():
     model = _model()
-    state = model.state_dict()
-    assert sorted(state) == sorted(f"first.{k}" for k in model.first.state_dict())
     other = _model()
     with torch.no_grad():
-        for tensor in _tensors(other.first):
+        for tensor in _tensors(other.first, other.first):
             tensor.add_(1)
     incompatible = model.load_state_dict(other.state_dict())  # strict
     assert not incompatible.missing_keys and not incompatible.unexpected_keys
     for level in ("p3", "p4"):
-        for own, theirs in zip(_tensors(model.levels[level]), _tensors(other.first)):
+        for own, theirs in zip(
+            _tensors(model.levels[level], model.first), _tensors(other.first, other.first)
+        ):
             assert torch.equal(own, theirs), level
+    # Missing from a checkpoint: named once (BatchNorm fills in num_batches_tracked itself).
+    incompatible = model.load_state_dict({}, strict=False)
+    expected = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    assert sorted(incompatible.missing_keys) == sorted(expected)
 
 
 def test_weights_stay_shared_through_conversions():
     model = _model().double()
-    for level in ("p3", "p4"):
-        for own, source in zip(_tensors(model.levels[level]), _tensors(model.first)):
-            assert own is source and own.dtype in (torch.float64, torch.int64), level
+    _check_shared(model)
+    assert model.levels["p3"].norm.running_mean.dtype == torch.float64
     # Converted once, not once per module that holds them (the conversions of .to(), .half()
     # ... are Module._apply(fn); this fn shows how many times it ran).
     before = model.first.conv.weight.detach().clone()
     model._apply(lambda t: t * 2)
+    _check_shared(model)
     assert torch.equal(model.levels["p3"].conv.weight, 2 * before)
 
 

@@ -12,10 +12,10 @@ cells too. Per-level copies would multiply the module's parameters by the number
 
 **Why an instance per map.** A module may keep state from frame to frame (STMN's test stream of
 memories), which must not mix levels, and is built for its map's :class:`ShapeSpec` (stride).
-So every map gets its own instance, whose parameters and buffers *are* the first instance's:
-:class:`SharedWeightModules` holds them, keeps them out of the state dict (the weights are saved
-once, under the first instance's names, as in a single-map model) and fills them through the
-first instance when a state dict is loaded. A module needs to know nothing about levels.
+So every map gets its own instance, whose parameters and buffers *are* the first instance's
+tensors: :class:`SharedWeightModules` holds them. The instances register none of them, so the
+model's parameters, state dict and checkpoints are those of a single-map model, and a
+checkpoint's missing weights are reported once. A module needs to know nothing about levels.
 """
 
 from typing import Dict
@@ -24,14 +24,17 @@ from torch import nn
 
 __all__ = ["SharedWeightModules"]
 
+_TENSORS = ("_parameters", "_buffers")
+
 
 class SharedWeightModules(nn.ModuleDict):
     """
-    Named modules whose parameters and buffers are those of ``source``, a module of the same
-    structure registered elsewhere in the model (before this one, so that it is converted
-    first: ``model.to(device)`` converts ``source`` and these modules follow it). Each keeps its
-    own attributes (recurrent state); ``state_dict`` has none of their entries, and
-    ``load_state_dict`` fills them from ``source``.
+    Named modules that compute with the parameters and buffers of ``source``, a module of the
+    same structure registered elsewhere in the model, before this one (so that a conversion
+    such as ``model.to(device)`` converts ``source`` first; these modules then follow it). Each
+    keeps its own attributes (recurrent state). Their attributes ``weight``, ``bias``,
+    ``running_mean`` ... are the source's tensors, which they do not register: the model's
+    ``parameters()``, ``state_dict()`` and ``load_state_dict`` see them once, in ``source``.
     """
 
     def __init__(self, source: nn.Module, modules: Dict[str, nn.Module], source_name: str):
@@ -45,50 +48,47 @@ class SharedWeightModules(nn.ModuleDict):
         super().__init__(modules)
         # In a list, so that the source is not registered (and saved) a second time.
         self._source = [source]
-        self._source_name = source_name
+        for name, module in self.items():
+            mismatch = _mismatch(module, source)
+            if mismatch:
+                raise ValueError(
+                    f"the {type(source).__name__} of {name!r} has {mismatch}, but it shares the "
+                    f"weights of the one of {source_name!r}: every aggregated map must have the "
+                    "same width (an FPN's levels have)"
+                )
+            for submodule in module.modules():
+                submodule._parameters.clear()
+                submodule._buffers.clear()
+                submodule._non_persistent_buffers_set.clear()
         self.tie()
-        self.register_state_dict_post_hook(_drop_own_entries)
-        self.register_load_state_dict_pre_hook(_fill_own_entries)
 
     def tie(self):
-        """Point every module's parameters and buffers at the source's."""
-        source = dict(self._source[0].named_modules(remove_duplicate=False))
-        for name, module in self.items():
+        """Point every module's tensor attributes at the source's current tensors."""
+        for module in self.values():
             own = dict(module.named_modules(remove_duplicate=False))
-            if own.keys() != source.keys():
-                self._mismatch(name, f"submodules {sorted(set(own) ^ set(source))}")
-            for path, submodule in own.items():
-                for kind in ("_parameters", "_buffers"):
-                    mine, theirs = getattr(submodule, kind), getattr(source[path], kind)
-                    for key in [*theirs, *(k for k in mine if k not in theirs)]:
-                        a, b = mine.get(key), theirs.get(key)
-                        if (a is None) != (b is None) or (a is not None and a.shape != b.shape):
-                            where = f"{path}.{key}".lstrip(".")
-                            shapes = [None if t is None else tuple(t.shape) for t in (a, b)]
-                            self._mismatch(name, f"{where} of shape {shapes[0]} (not {shapes[1]})")
-                        mine[key] = b
-
-    def _mismatch(self, name: str, what: str):
-        raise ValueError(
-            f"the {type(self._source[0]).__name__} of {name!r} has {what}, but it shares the "
-            f"weights of the one of {self._source_name!r}: every aggregated map must have the "
-            "same width (an FPN's levels have)"
-        )
+            for path, submodule in self._source[0].named_modules(remove_duplicate=False):
+                for kind in _TENSORS:
+                    for key, tensor in getattr(submodule, kind).items():
+                        own[path].__dict__[key] = tensor
 
     def _apply(self, fn, recurse=True):
-        # Every tensor here is the source's, which its parent converts first: converting them
-        # again would apply fn twice. Conversions may replace tensors, so point at the new ones.
+        # The modules hold no tensor of their own; a conversion may have replaced the source's.
         self.tie()
         return self
 
 
-def _drop_own_entries(module, state_dict, prefix, local_metadata):
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        del state_dict[key]
-
-
-def _fill_own_entries(module, state_dict, prefix, *args):
-    # Loaded again from themselves: the source's entries, loaded before or after, set the values.
-    for name, child in module.items():
-        for key, value in child.state_dict().items():
-            state_dict.setdefault(f"{prefix}{name}.{key}", value)
+def _mismatch(module: nn.Module, source: nn.Module) -> str:
+    """What of ``module``'s submodules, parameters and buffers differs from ``source``'s."""
+    own = dict(module.named_modules(remove_duplicate=False))
+    theirs = dict(source.named_modules(remove_duplicate=False))
+    if own.keys() != theirs.keys():
+        return f"submodules {sorted(set(own) ^ set(theirs))}"
+    for path, submodule in own.items():
+        for kind in _TENSORS:
+            mine, reference = getattr(submodule, kind), getattr(theirs[path], kind)
+            for key in [*reference, *(k for k in mine if k not in reference)]:
+                a, b = mine.get(key), reference.get(key)
+                if (a is None) != (b is None) or (a is not None and a.shape != b.shape):
+                    shapes = [None if t is None else tuple(t.shape) for t in (a, b)]
+                    return f"{path}.{key}".lstrip(".") + f" of shape {shapes[0]} (not {shapes[1]})"
+    return ""
