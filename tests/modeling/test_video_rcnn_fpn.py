@@ -5,6 +5,7 @@ every level aggregated with one set of weights, every aggregation trained and ev
 the segmentation fault of a diverged STSN.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -265,3 +266,28 @@ def test_a_diverged_fpn_stsn_fails_in_one_line_instead_of_crashing(synthetic_dat
             "(1, 512, 16, 20) has 163840 non-finite values): the model has diverged"
         )
     ), run.stderr[-2000:]
+
+
+def test_every_aggregation_trains_and_evaluates_under_two_processes(
+    synthetic_datasets, readme_window_max, tmp_path
+):
+    report = tmp_path / "report.json"
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([REPO_ROOT, str(readme_window_max)]),
+        FPN_WORKER_IMPORT="my_method",
+    )
+    worker = os.path.join(os.path.dirname(__file__), "_fpn_worker.py")
+    subprocess.run(
+        [sys.executable, worker, str(report), str(tmp_path), *FPN_AGGREGATIONS],
+        env=env,
+        timeout=900,
+        check=True,
+    )
+    with open(report) as f:
+        results = json.load(f)
+    for aggregation in FPN_AGGREGATIONS:
+        assert results[aggregation] == "ok, world size 2", results[aggregation]
+        log = (tmp_path / aggregation / "log.txt").read_text()
+        assert "VID evaluation of 'synthetic_vid_val'" in log, aggregation
