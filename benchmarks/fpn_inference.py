@@ -3,7 +3,7 @@ Time per frame of a window method on the FPN detector against the single-frame F
 one run: detectron2's model zoo R50-FPN (``COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml``) as
 ``VideoRCNN``, single frame and STSN on p2-p6 with the README's keys ("Video heads in your
 detectron2 model"), and on p3-p6; or with ``--synthetic``
-``configs/synthetic/fpn_single_frame.yaml`` and ``fpn_stsn.yaml`` (on p2-p6 and p3-p6). Random
+``configs/synthetic/single_frame_fpn.yaml`` and ``stsn_fpn.yaml`` (on p2-p6 and p3-p6). Random
 weights (only cost is measured; all pool the same proposals, see ``_streaming.random_model``);
 each model streams the same random video, batch 1, after a warm-up, in a process of its own.
 Printed: seconds and frames per second, the ratio to the single frame, parameters, and the time
@@ -38,10 +38,10 @@ ZOO = {
     "STSN R50-FPN (K = 4, p3-p6)": (ZOO_CONFIG, STSN_KEYS + WITHOUT_P2),
 }
 SYNTHETIC = {
-    "single frame R50-FPN (synthetic widths)": ("configs/synthetic/fpn_single_frame.yaml", []),
-    "STSN R50-FPN (synthetic widths, K = 4, p2-p6)": ("configs/synthetic/fpn_stsn.yaml", []),
+    "single frame R50-FPN (synthetic widths)": ("configs/synthetic/single_frame_fpn.yaml", []),
+    "STSN R50-FPN (synthetic widths, K = 4, p2-p6)": ("configs/synthetic/stsn_fpn.yaml", []),
     "STSN R50-FPN (synthetic widths, K = 4, p3-p6)": (
-        "configs/synthetic/fpn_stsn.yaml",
+        "configs/synthetic/stsn_fpn.yaml",
         WITHOUT_P2,
     ),
 }
@@ -82,7 +82,7 @@ def measure(path, opts, size, frames, warmup, device, threads):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
-    parser.add_argument("--synthetic", action="store_true", help="configs/synthetic/fpn_*.yaml")
+    parser.add_argument("--synthetic", action="store_true", help="configs/synthetic/*_fpn.yaml")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, nargs=2, default=(320, 544), help="frame H W")
     parser.add_argument("--frames", type=int, default=10)
