@@ -94,14 +94,15 @@ def test_bad_maps_are_named_before_anything_runs(opts, error, message):
 
 def test_every_level_sees_its_window_with_one_set_of_weights():
     """The issue: only MODEL.VIDEO.IN_FEATURE saw time, the other levels came from one frame."""
-    model = tiny_zoo_model("MODEL.VIDEO.AGGREGATION", "WindowMeanAggregation")
+    model = tiny_zoo_model(
+        "MODEL.VIDEO.AGGREGATION", "WindowMeanAggregation", "MODEL.VIDEO.TEST_WINDOW", (1, 1)
+    )
     model.temporal_aggregation.scale.data.fill_(0.5)
     for level in FPN_LEVELS[1:]:
         assert model.level_aggregations[level].scale is model.temporal_aggregation.scale
     assert sorted(k for k in model.state_dict() if "aggregation" in k) == [
         "temporal_aggregation.scale"
     ]
-    model.support_policy.offsets = (-1, 1)
     video = random_video(4, seed=1)
     seen = _head_features(model)
     list(run_on_video(model, video))
