@@ -7,6 +7,11 @@ Train and evaluate vod_d2 video detectors with detectron2's trainer.
     python train_net.py --config-file configs/stsn_R50_DC5.yaml --eval-only MODEL.WEIGHTS x.pth
     python train_net.py --config-file ... DATASETS.FILE my_datasets.yaml \\
         DATASETS.TRAIN '("my_videos_train",)' DATASETS.TEST '("my_videos_val",)'
+    python train_net.py --config-file COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml \\
+        MODEL.META_ARCHITECTURE VideoRCNN MODEL.VIDEO.AGGREGATION STSNAggregation ...
+
+``--config-file`` is a file, or the name of a detectron2 model zoo config (as
+``detectron2.model_zoo.get_config_file`` takes it) where no such file exists.
 
 Before any process is launched, the config is checked against its datasets and weights: every
 name of DATASETS.TRAIN/TEST is registered (built-in, or declared in the DATASETS.FILE datasets
@@ -33,6 +38,26 @@ from detectron2.utils.logger import setup_logger
 from vod_d2 import add_vod_config
 from vod_d2.data import check_datasets, register_datasets_from_config
 from vod_d2.engine import VideoCheckpointer, VideoTrainer
+
+
+def resolve_config_file(path: str) -> str:
+    """
+    ``path`` when it is a file, else the model zoo's config of that name.
+
+    Raises:
+        FileNotFoundError: it is neither.
+    """
+    if os.path.isfile(path):
+        return path
+    from detectron2 import model_zoo
+
+    try:
+        return model_zoo.get_config_file(path)
+    except RuntimeError:
+        raise FileNotFoundError(
+            f"--config-file {path} is neither a file nor a detectron2 model zoo config (such as "
+            "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml)"
+        ) from None
 
 
 def build_config(args):
@@ -100,6 +125,7 @@ if __name__ == "__main__":
             "them as KEY VALUE pairs: put the flags first"
         )
     try:
+        args.config_file = resolve_config_file(args.config_file)
         check(args)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"train_net.py: error: {e}")

@@ -67,7 +67,9 @@ def paper_protocol_overhead(model, image, length, repeats, device):
     """Seconds per frame of projecting ``length`` frames and running both STMN directions once
     over them."""
     module = model.temporal_aggregation
-    features = model.backbone(model.preprocess_image([{"image": image}]).tensor)[model.in_feature]
+    features = model.backbone(model.preprocess_image([{"image": image}]).tensor)[
+        model.in_features[0]
+    ]
     frames = features.expand(length, -1, -1, -1).contiguous()
 
     def one_pass():
@@ -126,7 +128,7 @@ def measure_memory(model, video, device):
         model.flush()
     del model.detect
     module = model.temporal_aggregation
-    feature = model.backbone(model.preprocess_image([video[0]]).tensor)[model.in_feature]
+    feature = model.backbone(model.preprocess_image([video[0]]).tensor)[model.in_features[0]]
     before, after = module.test_window
     channels = feature.shape[1] + 3 * module.memory_channels * len(module._directions)
     frames = (before + after) * module.test_stride + 1

@@ -150,3 +150,56 @@ def fill_by_name(model, scale=0.08):
                 values = 0.5 + values.abs()
             tensor.copy_((scale * values if not name.endswith("running_var") else values).float())
     return model
+
+
+# The detectron2 model zoo's R50-FPN detector, which VideoRCNN runs as its users do.
+ZOO_CONFIG = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
+FPN_LEVELS = ("p2", "p3", "p4", "p5", "p6")
+# Config overrides (as on a command line) that keep the zoo's structure at the tests' size: tiny
+# widths, trained from scratch (BatchNorm, nothing frozen: the zoo's FrozenBN without its
+# ImageNet weights diverges), 64-px frames, few proposals.
+TINY_FPN = [
+    "MODEL.RESNETS.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", "0",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
+    "MODEL.RESNETS.WIDTH_PER_GROUP", "8", "MODEL.FPN.OUT_CHANNELS", "32",
+    "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "100",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", "100", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "20",
+    "MODEL.RPN.POST_NMS_TOPK_TEST", "20", "INPUT.MIN_SIZE_TRAIN", "(64,)",
+    "INPUT.MIN_SIZE_TEST", "64", "DATALOADER.NUM_WORKERS", "0", "SEED", "0",
+    "DATASETS.TRAIN", "('synthetic_vid_train',)", "TEST.VID_EVAL.COCO_METRICS", "False",
+]  # fmt: skip
+# Every temporal aggregation with the keys the README gives it on an FPN, at the tests' widths
+# (STMN's two memories of 16 channels keep the tiny FPN's 32); WindowMax is the README's own.
+FPN_AGGREGATIONS = {
+    "SSNAggregation": ["MODEL.STSN.CONV_DIM", "16", "MODEL.STSN.EMBED_DIMS", "(8, 8, 16)"],
+    "STSNAggregation": [
+        "MODEL.STSN.CONV_DIM", "16", "MODEL.STSN.EMBED_DIMS", "(8, 8, 16)",
+        "MODEL.VIDEO.TEST_WINDOW", "(2, 2)", "INPUT.VIDEO.TRAIN_SAMPLING", "before_after",
+        "INPUT.VIDEO.TRAIN_NUM_SUPPORT", "2",
+    ],
+    "STMNAggregation": [
+        "MODEL.STMN.MEMORY_CHANNELS", "16", "MODEL.VIDEO.TEST_WINDOW", "(2, 2)",
+        "INPUT.VIDEO.TRAIN_SAMPLING", "fixed", "INPUT.VIDEO.TRAIN_OFFSETS", "(-2, 2)",
+    ],
+    "WindowMax": [
+        "MODEL.VIDEO.TEST_WINDOW", "(3, 3)", "INPUT.VIDEO.TRAIN_SAMPLING", "uniform_range",
+        "INPUT.VIDEO.TRAIN_NUM_SUPPORT", "2",
+    ],
+}  # fmt: skip
+
+
+def zoo_cfg(*opts):
+    """The model zoo's R50-FPN config as VideoRCNN on the CPU, 5 classes, then ``opts``."""
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg
+
+    from vod_d2 import add_vod_config
+
+    cfg = get_cfg()
+    add_vod_config(cfg)
+    cfg.merge_from_file(model_zoo.get_config_file(ZOO_CONFIG))
+    cfg.merge_from_list(
+        ["MODEL.META_ARCHITECTURE", "VideoRCNN", "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu",
+         "MODEL.ROI_HEADS.NUM_CLASSES", 5, *opts]
+    )  # fmt: skip
+    return cfg

@@ -26,8 +26,14 @@ def _add_video_config(cfg):
     cfg.MODEL.VIDEO = CN()
     # Name in TEMPORAL_AGGREGATION_REGISTRY; "SingleFrameAggregation" is the single-frame baseline.
     cfg.MODEL.VIDEO.AGGREGATION = "SingleFrameAggregation"
-    # Backbone map aggregated over time; the heads read it (other maps come from the reference).
-    cfg.MODEL.VIDEO.IN_FEATURE = "res5"
+    # Backbone map aggregated over time, in the configs with one map (DC5, R-FCN): the same as
+    # IN_FEATURES [IN_FEATURE]. Empty: see IN_FEATURES.
+    cfg.MODEL.VIDEO.IN_FEATURE = ""
+    # Backbone maps aggregated over time, e.g. an FPN's ["p2", "p3", "p4", "p5", "p6"]: each by
+    # its own instance of AGGREGATION, all with the first one's weights, as an FPN's heads share
+    # theirs (vod_d2/modeling/temporal/levels.py). The heads read the aggregated maps and the
+    # reference frame's other maps. Empty (with IN_FEATURE empty): every map the heads read.
+    cfg.MODEL.VIDEO.IN_FEATURES = []
     # Test window (frames before, frames after) the reference; each one's backbone runs once.
     cfg.MODEL.VIDEO.TEST_WINDOW = (0, 0)
     # Frame step between window members at test time (STSN's temporal stride k).

@@ -364,7 +364,7 @@ def _record_backbone(model):
     def recording(x):
         out = forward(x)
         calls.append(x.shape[0])
-        maps.append(out[model.in_feature])
+        maps.append(out[model.in_features[0]])
         return out
 
     model.backbone.forward = recording

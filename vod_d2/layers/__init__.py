@@ -1,5 +1,6 @@
 """Ops of the temporal methods: autograd wrappers of ``vod_d2._C`` and pure-PyTorch references."""
 
+from .deform_conv import DeformConv2d, check_deform_conv2d_inputs
 from .deform_psroi_pool import DeformPSRoIPool, deform_ps_roi_pool, deform_ps_roi_pool_reference
 from .deform_sampling import (
     DeformableSimilaritySampling,
@@ -16,10 +17,12 @@ from .match_trans import (
 from .temporal_roi_align import TemporalRoIAlign, temporal_roi_align, temporal_roi_align_reference
 
 __all__ = [
+    "DeformConv2d",
     "DeformPSRoIPool",
     "DeformableSimilaritySampling",
     "MatchTransAlign",
     "TemporalRoIAlign",
+    "check_deform_conv2d_inputs",
     "deform_ps_roi_pool",
     "deform_ps_roi_pool_reference",
     "deformable_similarity_sampling",

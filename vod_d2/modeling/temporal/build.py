@@ -26,8 +26,10 @@ the backbone map of a reference frame and those of its support frames into the m
 :class:`vod_d2.modeling.VideoRCNN`'s heads read.
 
 The registered object is called with ``obj(cfg, input_shape)``, where ``input_shape`` is the
-:class:`ShapeSpec` of the aggregated backbone map (``cfg.MODEL.VIDEO.IN_FEATURE``), and must
-return a :class:`TemporalAggregation`.
+:class:`ShapeSpec` of the aggregated backbone map (one of ``cfg.MODEL.VIDEO.IN_FEATURES``: a
+model that aggregates several maps builds an instance for each, all computing with the first
+one's weights, see :mod:`vod_d2.modeling.temporal.levels`), and must return a
+:class:`TemporalAggregation`.
 """
 
 

@@ -28,8 +28,8 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec
 from fvcore.nn import weight_init
 from torch import nn
-from torchvision.ops import DeformConv2d
 
+from ...layers import DeformConv2d
 from .build import TEMPORAL_AGGREGATION_REGISTRY, TemporalAggregation
 from .gate import maybe_gate
 
