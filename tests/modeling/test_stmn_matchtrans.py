@@ -133,3 +133,49 @@ def test_config_names_pick_the_aligner():
         build_match_trans(2, "dot")
     with pytest.raises(ValueError, match="k must be"):
         PositiveCosineMatchTrans(k=-1)
+
+
+def _smooth(seed, channels=64, size=24):
+    """(1, C, size, size) random features that vary over about two cells."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(1, channels, size // 2 + 2, size // 2 + 2, generator=g)
+    return torch.nn.functional.interpolate(coarse, size=(size + 4, size + 4), mode="bilinear")
+
+
+@pytest.mark.parametrize("normalization", ["cosine", "sum", "softmax"])
+@pytest.mark.parametrize("shift", [(1, 0), (0, -2), (2, 1)])
+def test_matchtrans_aligns_shifted_content_better_than_no_alignment(normalization, shift):
+    # Frame t is frame t-1 moved by `shift` cells, and so is the memory: MatchTrans's aligned
+    # memory must be closer to the moved memory than the memory left where it was.
+    dy, dx = shift
+    features, memory = _smooth(0), _smooth(1)
+
+    def moved(x):  # content at x of frame t-1 is at x + shift in frame t (2-cell margin)
+        return x[..., 2 - dy : 26 - dy, 2 - dx : 26 - dx]
+
+    prev, prev_memory = features[..., 2:26, 2:26], memory[..., 2:26, 2:26]
+    aligner = build_match_trans(2, normalization)
+    aligned = aligner(moved(features), prev, prev_memory)
+    inside = (slice(None), slice(None), slice(4, 20), slice(4, 20))  # away from the border
+
+    def error(x):
+        target = moved(memory)[inside]
+        return ((x[inside] - target).norm() / target.norm()).item()
+
+    assert error(aligned) < 0.75 * error(prev_memory), (error(aligned), error(prev_memory))
+
+
+@pytest.mark.parametrize("name", ["stmn", "stmn_rfcn"])
+def test_synthetic_configs_keep_the_papers_window_to_map_ratio(name):
+    # The paper's (2k + 1) = 5 cells of a 38-cell-high res5 map (600 px at stride 16) is 13% of
+    # it; the synthetic maps are 8 cells high (128 px), where k = 2 would span 5/8 of the frame.
+    from detectron2.config import get_cfg
+
+    from vod_d2 import add_vod_config
+
+    cfg = get_cfg()
+    add_vod_config(cfg)
+    cfg.merge_from_file(f"configs/synthetic/{name}.yaml")
+    cells = math.ceil(cfg.INPUT.MIN_SIZE_TEST / 16)
+    window = 2 * cfg.MODEL.STMN.MATCHTRANS.K + 1
+    assert window / cells <= 5 / math.ceil(600 / 16)

@@ -340,6 +340,19 @@ def test_paper_configs_follow_section_4_1(path):
     assert cfg.TEST.SEQ_NMS.ENABLED == ("plus" in path)
 
 
+@pytest.mark.parametrize(
+    "path", ["configs/synthetic/stsn.yaml", "configs/synthetic/stsn_rfcn.yaml"]
+)
+def test_synthetic_stsn_tests_on_as_many_frames_as_it_trains_on(path):
+    # Eq. 3 normalises the weights over the window: with T frames the reference's share is about
+    # 1 / T, so testing on another T than training's gives the reference another weight. The
+    # test frames stay inside the training range.
+    cfg = _cfg(path)
+    before, after = cfg.MODEL.VIDEO.TEST_WINDOW
+    assert before + after == cfg.INPUT.VIDEO.TRAIN_NUM_SUPPORT
+    assert max(before, after) * cfg.MODEL.VIDEO.TEST_STRIDE <= cfg.INPUT.VIDEO.TRAIN_RANGE
+
+
 # ---------------------------------------------------------------- in VideoRCNN
 
 

@@ -104,7 +104,7 @@ def test_support_frames_span_the_whole_video_and_run_once():
     # 30 frames, 6 supports: one in each sixth of the video, the same for every frame; each
     # frame's backbone runs once (the primed supports are not recomputed in the stream) and the
     # supports' single-frame pass (SPFA's support features) once per support frame.
-    model = _model()
+    model = _model(**{"MODEL.SPARSEVOD.TEST_NUM_SUPPORT": 6})
     assert isinstance(model, SparseVOD) and isinstance(model.head, TemporalDynamicHead)
     video = random_video(30, size=(48, 64))
     calls = count_backbone_calls(model)
@@ -134,7 +134,9 @@ def test_support_frames_span_the_whole_video_and_run_once():
     model.detect = detect
     model.reset(30)
     assert model.prefetch_indices() == supports  # deterministic per seed and length
-    again = _model(**{"MODEL.SPARSEVOD.TEST_SUPPORT_SEED": 1})
+    again = _model(
+        **{"MODEL.SPARSEVOD.TEST_NUM_SUPPORT": 6, "MODEL.SPARSEVOD.TEST_SUPPORT_SEED": 1}
+    )
     again.reset(30)
     assert again.prefetch_indices() != supports
 
