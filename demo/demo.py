@@ -48,7 +48,7 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode
 
 import vod_d2  # noqa: F401  (registers the meta-architectures, modules and datasets)
-from vod_d2 import add_vod_config
+from vod_d2 import add_vod_config, make_online
 from vod_d2.data import register_datasets_from_config
 from vod_d2.data.mapper import read_frame
 from vod_d2.engine import VideoPredictor, VideoReader
@@ -102,6 +102,12 @@ def get_parser() -> argparse.ArgumentParser:
         "end of the video",
     )
     parser.add_argument(
+        "--online",
+        action="store_true",
+        help="the method's causal variant (vod_d2.make_online): every frame detected from past "
+        "frames only, as it arrives (no look-ahead, no Seq-NMS)",
+    )
+    parser.add_argument(
         "--fps",
         type=float,
         help=f"frames per second of the output video (default: the input's, {DEFAULT_FPS:g} for "
@@ -141,8 +147,13 @@ def setup_cfg(args):
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     register_datasets_from_config(cfg)
+    if args.seq_nms and args.online:
+        raise ValueError("--seq-nms needs whole videos and --online none: choose one")
     if args.seq_nms:
         cfg.TEST.SEQ_NMS.ENABLED = True
+    if args.online:
+        for key, (old, new) in make_online(cfg).items():
+            logger.info(f"--online: {key} {old} -> {new}")
     if cfg.TEST.SEQ_NMS.ENABLED:
         # Seq-NMS raises weak boxes linked to strong ones: it must see them, so the model keeps
         # its own low threshold and the confidence threshold applies after the rescoring.

@@ -295,3 +295,19 @@ def test_a_corrupt_input_frame_names_its_file(tmp_path):
     broken.write_bytes(broken.read_bytes()[:100])  # truncated
     with pytest.raises(OSError, match=f"Cannot read the frame {broken}"):
         _run_demo("--input", str(frames_dir), "--json", str(tmp_path / "a.json"))
+
+
+def test_online_runs_the_causal_variant(tmp_path):
+    # The tiny model's window (1, 1) becomes (2, 0): every frame is detected from the past.
+    video = _write_video(tmp_path / "in.mp4", _frames(6))
+    argv = ["--config-file", SYNTHETIC_CONFIG, "--video-input", video, "--json", "x.json"]
+    cfg = demo.setup_cfg(demo.get_parser().parse_args([*argv, "--online", "--opts", *TINY_OPTS]))
+    assert tuple(cfg.MODEL.VIDEO.TEST_WINDOW) == (2, 0)
+    assert _run_demo("--video-input", video, "--json", str(tmp_path / "o.json"), "--online") == 6
+    with open(tmp_path / "o.json") as f:
+        _check_detections(json.load(f), 6, 0.5)
+    with pytest.raises(ValueError, match="--seq-nms needs whole videos and --online none"):
+        _run_demo(
+            "--video-input", video, "--json", str(tmp_path / "x.json"), "--online", "--seq-nms"
+        )
+    assert not os.path.exists(tmp_path / "x.json")

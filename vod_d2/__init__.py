@@ -9,7 +9,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 
 from . import data, engine, evaluation, modeling, postprocessing  # noqa: F401  (registration)
-from .config import add_vod_config
+from .config import add_vod_config, make_online
 
 __version__ = "0.1.0"
-__all__ = ["add_vod_config"]
+__all__ = ["add_vod_config", "make_online"]

@@ -2,7 +2,7 @@
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_vod_config"]
+__all__ = ["add_vod_config", "make_online"]
 
 
 def add_vod_config(cfg):
@@ -20,6 +20,47 @@ def add_vod_config(cfg):
     _add_impression_config(cfg)
     _add_sparse_rcnn_config(cfg)
     _add_datasets_config(cfg)
+
+
+def make_online(cfg) -> dict:
+    """
+    Turn a method's config into its causal variant, in place: every frame is detected from it
+    and past frames only, as it arrives (a live stream, or a model that must not wait).
+
+    * windows (STSN, STMN, ...): the same number of frames, all in the past:
+      ``MODEL.VIDEO.TEST_WINDOW (before, after)`` becomes ``(before + after, 0)`` (STMN's
+      backward memory then sees the frame alone, its forward memory the whole window);
+    * key-frame methods with central key frames (Impression Network): the first frame of each
+      segment is its key frame (``MODEL.KEY_FRAME.POSITION "first"``);
+    * whole-video support (SparseVOD): a sample of the past frames (``MODEL.SPARSEVOD.ONLINE``);
+    * Seq-NMS, which needs a whole video, is turned off.
+
+    Args:
+        cfg: a config with the vod_d2 keys (not frozen).
+
+    Returns:
+        dict: ``{key: (old, new)}`` for every key it changed (empty for a method that is
+        already online).
+    """
+    changed = {}
+
+    def set_key(key, value):
+        node = cfg
+        for part in key.split(".")[:-1]:
+            node = node[part]
+        name = key.split(".")[-1]
+        old = tuple(node[name]) if isinstance(node[name], list) else node[name]
+        if old != value:
+            changed[key] = (old, value)
+            node[name] = value
+
+    before, after = cfg.MODEL.VIDEO.TEST_WINDOW
+    set_key("MODEL.VIDEO.TEST_WINDOW", (before + after, 0))
+    set_key("MODEL.KEY_FRAME.POSITION", "first")
+    if cfg.MODEL.META_ARCHITECTURE == "SparseVOD":
+        set_key("MODEL.SPARSEVOD.ONLINE", True)
+    set_key("TEST.SEQ_NMS.ENABLED", False)
+    return changed
 
 
 def _add_video_config(cfg):
