@@ -107,9 +107,13 @@ def project(tmp_path_factory):
         with open(folder / "annotations" / f"{split}.json", "w") as f:
             json.dump(data, f)
     (folder / "my_datasets.yaml").write_text(README_DATASETS_FILE)
-    # `python` as the README writes it.
+    # `python` as the README writes it: this interpreter. Not a symlink to sys.executable: a
+    # virtualenv's python reached through a link outside the virtualenv's bin/ finds no
+    # pyvenv.cfg beside it and runs the base interpreter, without the virtualenv's packages.
     (folder / "bin").mkdir()
-    os.symlink(sys.executable, folder / "bin" / "python")
+    python = folder / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    python.chmod(0o755)
     return folder
 
 
@@ -128,6 +132,12 @@ def _run(project, command, timeout=300):
         text=True,
         timeout=timeout,
     )
+
+
+def test_readme_python_is_the_interpreter_running_the_tests(project):
+    run = _run(project, "python -c 'import sys; print(sys.prefix, sys.executable)'")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [sys.prefix, sys.executable]
 
 
 def test_readme_custom_data_example_trains_and_evaluates(project):
