@@ -14,7 +14,7 @@ from .datasets import (
     register_video_dataset,
 )
 from .frame_sampling import FrameSampler
-from .mapper import VideoDatasetMapper
+from .mapper import FrameReadError, VideoDatasetMapper
 from .samplers import MixedVideoTrainingSampler, VideoInferenceSampler
 from .video_source import VideoFrameSource
 
@@ -32,6 +32,7 @@ __all__ = [
     "register_video_dataset",
     "build_video_test_loader",
     "build_video_train_loader",
+    "FrameReadError",
     "FrameSampler",
     "VideoDatasetMapper",
     "MixedVideoTrainingSampler",
