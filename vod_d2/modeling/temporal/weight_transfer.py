@@ -50,6 +50,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from ...checkpoint import check_predictor_classes
+
 __all__ = ["TransferReport", "transfer_single_frame_weights", "convert_checkpoint"]
 
 logger = logging.getLogger(__name__)
@@ -250,6 +252,10 @@ def convert_checkpoint(cfg, input_path: str, output_path: str, source_conv=DEFAU
 
     Returns:
         TransferReport
+
+    Raises:
+        ValueError: one line, when the input's class predictors were trained for another class
+            count than the config's (:func:`~vod_d2.checkpoint.check_predictor_classes`).
     """
     from detectron2.modeling import build_model
 
@@ -257,7 +263,10 @@ def convert_checkpoint(cfg, input_path: str, output_path: str, source_conv=DEFAU
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
     target = build_model(cfg).state_dict()
-    state, report = transfer_single_frame_weights(_load_state_dict(input_path), target, source_conv)
+    source = _load_state_dict(input_path)
+    shared = [(k, v.shape, target[k].shape) for k, v in source.items() if k in target]
+    check_predictor_classes(cfg, shared, f"--input {input_path}", fine_tune=False)
+    state, report = transfer_single_frame_weights(source, target, source_conv)
     logger.info(
         f"{input_path} -> {output_path}: {len(report.converted)} converted into STMN cells, "
         f"{len(report.copied)} copied, {len(report.widened)} widened, "
