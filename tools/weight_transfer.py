@@ -42,10 +42,9 @@ import sys
 import zipfile
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
-from vod_d2 import add_vod_config
+from vod_d2.engine import load_config
 from vod_d2.modeling.temporal.weight_transfer import DEFAULT_SOURCE_CONV, convert_checkpoint
 
 
@@ -112,10 +111,7 @@ def main(argv=None):
     setup_logger(name="vod_d2")
     prepare_output(args.output)
     check_input(args.input)
-    cfg = get_cfg()
-    add_vod_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     return convert_checkpoint(cfg, args.input, args.output, args.source_conv)
 
 

@@ -1,7 +1,7 @@
 """Video data: dataset registration, frame sampling, mappers, samplers and loaders."""
 
 from .build import build_video_test_loader, build_video_train_loader
-from .checks import check_datasets, model_num_classes
+from .checks import check_dataset_contents, check_datasets, model_num_classes
 from .datasets import (
     VID_CLASSES,
     build_frame_table,
@@ -21,6 +21,7 @@ from .video_source import VideoFrameSource
 __all__ = [
     "VID_CLASSES",
     "build_frame_table",
+    "check_dataset_contents",
     "check_datasets",
     "dataset_classes",
     "load_cocovid_json",
