@@ -85,6 +85,7 @@ def test_fine_tuning_from_weights_for_another_class_count(tmp_path, caplog):
     cfg = _cfg(tmp_path / "run", max_iter=3)
     cfg.MODEL.WEIGHTS = str(weights)
     trainer = VideoTrainer(cfg)
+    caplog.clear()
     with caplog.at_level(logging.WARNING):
         trainer.resume_or_load(resume=False)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
