@@ -204,9 +204,12 @@ class _SharedShapes(DetectionCheckpointer):
     Nothing is loaded into the model, and nothing is logged.
     """
 
+    def __init__(self, model):
+        super().__init__(model)
+        self.shapes: List[Tuple[str, Sequence[int], Sequence[int]]] = []
+
     def _load_model(self, checkpoint):
         model_state = self.model.state_dict()
-        self.shapes = []
         for name, value in checkpoint.pop("model").items():
             name = name[len("module.") :] if name.startswith("module.") else name
             if name in model_state:
