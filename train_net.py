@@ -14,9 +14,14 @@ Train and evaluate vod_d2 video detectors with detectron2's trainer.
 ``detectron2.model_zoo.get_config_file`` takes it) where no such file exists.
 
 Before any process is launched, the config is checked against its datasets and weights: every
-name of DATASETS.TRAIN/TEST is registered (built-in, or declared in the DATASETS.FILE datasets
-file), each dataset has as many classes as the model, and MODEL.WEIGHTS exists (and is given,
-for --eval-only). A failed check prints one line and exits with status 1.
+key exists, every name of DATASETS.TRAIN/TEST is registered (built-in, or declared in the
+DATASETS.FILE datasets file), each dataset has as many classes as the model and loads (its
+annotations and frame files are checked), and MODEL.WEIGHTS exists or is fetched (and, for
+--eval-only, is given and was trained for the model's classes). A failed check prints one line
+and exits with status 1, before anything is written to OUTPUT_DIR. A frame that becomes
+unreadable while the processes run is also reported in one line (by the process that read it,
+which exits with status 1), and the run's metrics and TensorBoard events are removed unless it
+saved a checkpoint to resume from.
 """
 
 import os
@@ -30,14 +35,22 @@ except ImportError:
         "https://detectron2.readthedocs.io/en/latest/tutorials/install.html says"
     )
 
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from torch.multiprocessing import ProcessExitedException
 
-from vod_d2 import add_vod_config
-from vod_d2.data import check_datasets, register_datasets_from_config
-from vod_d2.engine import VideoCheckpointer, VideoTrainer
+from vod_d2.checkpoint import VideoCheckpointer, check_inference_weights, resolve_weights
+from vod_d2.data import (
+    FrameReadError,
+    check_dataset_contents,
+    check_datasets,
+    register_datasets_from_config,
+)
+from vod_d2.engine import VideoTrainer, load_config
+
+# The exit status of a process that reported an error in one line.
+ERROR_STATUS = 1
 
 
 def resolve_config_file(path: str) -> str:
@@ -62,10 +75,7 @@ def resolve_config_file(path: str) -> str:
 
 def build_config(args):
     """Config from the defaults, the vod_d2 keys, the file and the command line, frozen."""
-    cfg = get_cfg()
-    add_vod_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     return cfg
 
@@ -79,40 +89,81 @@ def setup(args):
     return cfg
 
 
-def check(args) -> None:
+def check(args):
     """
-    Check the config before launching: datasets (names, class counts) and weights.
+    Check the config before launching: keys, datasets (names, class counts, contents) and
+    weights.
+
+    Returns:
+        CfgNode: the config.
 
     Raises:
         ValueError, FileNotFoundError: one line naming the key, dataset or file at fault.
     """
+    if not args.config_file:
+        raise ValueError(
+            "no config file: give one with --config-file, e.g. `python train_net.py "
+            "--config-file configs/synthetic/single_frame.yaml` (--help lists the options)"
+        )
+    args.config_file = resolve_config_file(args.config_file)
     cfg = build_config(args)
     register_datasets_from_config(cfg)
     check_datasets(cfg, train=not args.eval_only)
-    if args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
-        return  # the trainer resumes from OUTPUT_DIR, not MODEL.WEIGHTS
-    weights = cfg.MODEL.WEIGHTS
-    if args.eval_only and not weights:
-        raise ValueError(
-            f"--eval-only needs trained weights, but MODEL.WEIGHTS is empty in "
-            f"{args.config_file} (it trains from scratch), so a randomly initialised model "
-            "would be evaluated: add MODEL.WEIGHTS path/to/model_final.pth"
-        )
-    if weights and "://" not in weights and not os.path.isfile(weights):
-        raise FileNotFoundError(f"MODEL.WEIGHTS {weights} does not exist")
+    resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    # The trainer resumes from OUTPUT_DIR, not MODEL.WEIGHTS.
+    if not resuming and args.eval_only:
+        if not cfg.MODEL.WEIGHTS:
+            raise ValueError(
+                f"--eval-only needs trained weights, but MODEL.WEIGHTS is empty in "
+                f"{args.config_file} (it trains from scratch), so a randomly initialised model "
+                "would be evaluated: add MODEL.WEIGHTS path/to/model_final.pth"
+            )
+        check_inference_weights(cfg)
+    elif not resuming and cfg.MODEL.WEIGHTS:
+        resolve_weights(cfg.MODEL.WEIGHTS)  # fetched once here, for every process
+    check_dataset_contents(cfg, train=not args.eval_only)
+    return cfg
 
 
 def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = VideoTrainer.build_model(cfg)
-        VideoCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        VideoCheckpointer(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return VideoTrainer.test(cfg, model)
     trainer = VideoTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
+
+
+def run(args):
+    """
+    :func:`main` in a launched process: a frame that cannot be read is reported in one line by
+    the process that read it, which exits with :data:`ERROR_STATUS`.
+    """
+    try:
+        return main(args)
+    except FrameReadError as e:
+        print(f"train_net.py: error: {e}", file=sys.stderr)
+        sys.exit(ERROR_STATUS)
+
+
+def discard_partial_run(output_dir: str, before: set) -> None:
+    """
+    After a run stopped by an error: remove the metrics.json and TensorBoard events it started
+    (files not in ``before``), unless it saved a checkpoint to resume from, so that nothing in
+    ``output_dir`` looks like a training run. config.yaml and log.txt stay.
+    """
+    if not os.path.isdir(output_dir):
+        return
+    new = set(os.listdir(output_dir)) - before
+    if any(name.startswith("model_") and name.endswith(".pth") for name in new):
+        return
+    for name in new:
+        if name == "metrics.json" or name.startswith("events.out.tfevents."):
+            os.remove(os.path.join(output_dir, name))
 
 
 if __name__ == "__main__":
@@ -125,15 +176,23 @@ if __name__ == "__main__":
             "them as KEY VALUE pairs: put the flags first"
         )
     try:
-        args.config_file = resolve_config_file(args.config_file)
-        check(args)
+        cfg = check(args)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"train_net.py: error: {e}")
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    before = set(os.listdir(cfg.OUTPUT_DIR)) if os.path.isdir(cfg.OUTPUT_DIR) else set()
+    try:
+        launch(
+            run,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except (SystemExit, ProcessExitedException) as e:
+        # One process reported its error in one line (a spawned one's exit is an exception).
+        status = e.code if isinstance(e, SystemExit) else e.exit_code
+        if status != ERROR_STATUS:
+            raise
+        discard_partial_run(cfg.OUTPUT_DIR, before)
+        sys.exit(ERROR_STATUS)

@@ -41,17 +41,17 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 import tqdm
-from detectron2.config import get_cfg
 from detectron2.structures import BoxMode, Instances
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode
 
 import vod_d2  # noqa: F401  (registers the meta-architectures, modules and datasets)
-from vod_d2 import add_vod_config, make_online
+from vod_d2 import make_online
+from vod_d2.checkpoint import resolve_weights
 from vod_d2.data import register_datasets_from_config
 from vod_d2.data.mapper import read_frame
-from vod_d2.engine import VideoPredictor, VideoReader
+from vod_d2.engine import VideoPredictor, VideoReader, load_config
 
 logger = logging.getLogger("vod_d2.demo")
 
@@ -142,10 +142,7 @@ def setup_cfg(args):
     Config from the defaults, the vod_d2 keys, the file, ``--opts`` and the demo's flags; the
     datasets of ``DATASETS.FILE`` are registered.
     """
-    cfg = get_cfg()
-    add_vod_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     register_datasets_from_config(cfg)
     if args.seq_nms and args.online:
         raise ValueError("--seq-nms needs whole videos and --online none: choose one")
@@ -479,11 +476,10 @@ def _make_sink(args, frames, fps: float):
 
 
 def _check_weights(cfg) -> None:
-    weights = cfg.MODEL.WEIGHTS
-    if not weights:
+    if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: the demo runs a randomly initialised model")
-    elif "://" not in weights and not os.path.isfile(weights):
-        raise FileNotFoundError(f"MODEL.WEIGHTS {weights} does not exist")
+    else:
+        resolve_weights(cfg.MODEL.WEIGHTS)
 
 
 def _raise_system_exit(signum, frame):
@@ -499,8 +495,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         int: the number of frames processed.
 
     Raises:
-        FileNotFoundError / OSError: a missing or unreadable input, an output that cannot be
-            written. ValueError: a video without frames. RuntimeError: no working codec.
+        FileNotFoundError / OSError: a missing or unreadable input, weights that do not exist
+            or cannot be fetched, an output that cannot be written. ValueError: a config key
+            that does not exist, weights trained for another class count, a video without
+            frames. RuntimeError: no working codec.
     """
     args = parse_args(get_parser(), argv)
     setup_logger(name="fvcore")

@@ -6,7 +6,9 @@
 #      Where the repository cannot be reached, one line says what to install, and the script
 #      stops with status 1;
 #   3. vod_d2's extension, unless vod_d2/_C*.so is newer than every file of csrc/ and setup.py
-#      (and has the CUDA kernels when they are wanted): then nothing is rebuilt.
+#      (and has the CUDA kernels when they are wanted) and vod_d2 is installed for this python
+#      (demo/ and tools/ import it; a virtualenv made after the build has not got it): then
+#      nothing is rebuilt.
 # CUDA kernels are compiled when FORCE_CUDA=1, or when nvcc is found and a GPU is visible;
 # FORCE_CUDA=0 never compiles them. They take minutes to compile, for the architectures in
 # TORCH_CUDA_ARCH_LIST (default here: 9.0).
@@ -58,9 +60,11 @@ esac
 export FORCE_CUDA=$cuda
 if [ "$cuda" = 1 ]; then export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}; fi
 
-# Up to date: newer than its sources, loadable with this torch, with CUDA kernels if wanted.
+# Up to date: newer than its sources, loadable with this torch, with CUDA kernels if wanted,
+# and installed for this python.
 built=$(find vod_d2 -maxdepth 1 -name '_C*.so' -print -quit)
 if [ -n "$built" ] && [ -z "$(find csrc setup.py -type f -newer "$built" -print -quit)" ] \
+  && "$PYTHON" -m pip show -q vod_d2 >/dev/null 2>&1 \
   && "$PYTHON" - "$built" "$cuda" >/dev/null 2>&1 <<'EOF'
 import importlib.util
 import sys

@@ -4,6 +4,7 @@ import glob
 import os
 
 import pytest
+import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
@@ -31,6 +32,30 @@ def test_config_builds_its_model(path):
     assert type(model).__name__ == cfg.MODEL.META_ARCHITECTURE
     if "synthetic" in path and not path.endswith("Base-synthetic.yaml"):
         assert cfg.DATASETS.TEST and all(n.startswith("synthetic") for n in cfg.DATASETS.TEST)
+
+
+def _deformable(path):
+    cfg = _load(path)
+    return any(cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE) or cfg.MODEL.RFCN.DEFORM_RES4_LAST_BLOCKS
+
+
+DEFORMABLE = [path for path in CONFIGS if _deformable(path)]
+
+
+def test_the_paper_configs_with_deformable_convs_are_found():
+    assert {"configs/stsn_R101_RFCN_deform.yaml", "configs/lsts_R101_dcn.yaml"} <= set(DEFORMABLE)
+
+
+@pytest.mark.parametrize("path", DEFORMABLE)
+def test_deformable_backbones_run_on_the_cpu(path):
+    # detectron2's deformable convs raise NotImplementedError on the CPU; vod_d2's backbones
+    # compute them with torchvision.
+    backbone = build_model(_load(path)).backbone
+    torch.manual_seed(0)
+    features = backbone(torch.randn(1, 3, 64, 96))
+    sum(f.sum() for f in features.values()).backward()
+    offsets = [m for name, m in backbone.named_modules() if name.endswith("conv2_offset")]
+    assert offsets and all(m.weight.grad is not None for m in offsets)
 
 
 def test_unknown_keys_fail_loudly(tmp_path):

@@ -13,8 +13,10 @@ import pytest
 import torch
 from _testing import read_video
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import build_model
 
 import vod_d2.data.datasets.datasets_file as datasets_file
+from vod_d2.engine import load_config
 from vod_d2.engine.predictor import dataset_metadata
 
 cv2 = pytest.importorskip("cv2")
@@ -232,6 +234,23 @@ def test_a_missing_weights_file_is_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS nowhere.pth does not exist"):
         _run_demo("--video-input", video, "--json", str(tmp_path / "a.json"),
                   opts=["MODEL.WEIGHTS", "nowhere.pth"])  # fmt: skip
+    assert not (tmp_path / "a.json").exists()
+
+
+def test_weights_for_another_class_count_are_one_line(tmp_path):
+    video = _write_video(tmp_path / "in.mp4", _frames(2))
+    cfg = load_config(SYNTHETIC_CONFIG, ["MODEL.ROI_HEADS.NUM_CLASSES", "3"])
+    cfg.MODEL.DEVICE = "cpu"
+    torch.save({"model": build_model(cfg).state_dict()}, tmp_path / "three.pth")
+    with pytest.raises(ValueError) as raised:
+        _run_demo("--video-input", video, "--json", str(tmp_path / "a.json"),
+                  opts=["MODEL.WEIGHTS", str(tmp_path / "three.pth")])  # fmt: skip
+    assert str(raised.value) == (
+        f"MODEL.WEIGHTS {tmp_path / 'three.pth'} was trained for 3 classes but "
+        "MODEL.ROI_HEADS.NUM_CLASSES is 5, so its class and box predictors "
+        "(roi_heads.box_predictor.cls_score, roi_heads.box_predictor.bbox_pred) do not fit: "
+        "set MODEL.ROI_HEADS.NUM_CLASSES 3"
+    )
     assert not (tmp_path / "a.json").exists()
 
 

@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_argument_parser
+from detectron2.modeling import build_model
 
 import vod_d2.data.datasets.datasets_file as datasets_file
 from vod_d2.data.datasets import SYNTHETIC_CLASSES, load_imagenet_vid
@@ -107,9 +109,13 @@ def project(tmp_path_factory):
         with open(folder / "annotations" / f"{split}.json", "w") as f:
             json.dump(data, f)
     (folder / "my_datasets.yaml").write_text(README_DATASETS_FILE)
-    # `python` as the README writes it.
+    # `python` as the README writes it: this interpreter. Not a symlink to sys.executable: a
+    # virtualenv's python reached through a link outside the virtualenv's bin/ finds no
+    # pyvenv.cfg beside it and runs the base interpreter, without the virtualenv's packages.
     (folder / "bin").mkdir()
-    os.symlink(sys.executable, folder / "bin" / "python")
+    python = folder / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    python.chmod(0o755)
     return folder
 
 
@@ -128,6 +134,12 @@ def _run(project, command, timeout=300):
         text=True,
         timeout=timeout,
     )
+
+
+def test_readme_python_is_the_interpreter_running_the_tests(project):
+    run = _run(project, "python -c 'import sys; print(sys.prefix, sys.executable)'")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [sys.prefix, sys.executable]
 
 
 def test_readme_custom_data_example_trains_and_evaluates(project):
@@ -220,7 +232,8 @@ def test_bad_configs_are_found_before_launching(train_net, opts, error, message)
 def test_eval_only_of_a_from_scratch_config_needs_weights_in_one_line(project, train_net):
     with pytest.raises(ValueError, match="--eval-only needs trained weights"):
         train_net.check(_args(eval_only=True))
-    train_net.check(_args("MODEL.WEIGHTS", "my_datasets.yaml", eval_only=True))  # a file
+    torch.save({"model": {}}, "weights.pth")
+    train_net.check(_args("MODEL.WEIGHTS", "weights.pth", eval_only=True))  # a checkpoint
     # From the command line: one line, no traceback, nothing launched.
     run = _run(project, README_COMMAND.replace("train_net.py", "train_net.py --eval-only"))
     assert run.returncode == 1 and "Traceback" not in run.stderr
@@ -228,4 +241,157 @@ def test_eval_only_of_a_from_scratch_config_needs_weights_in_one_line(project, t
         "train_net.py: error: --eval-only needs trained weights, but MODEL.WEIGHTS is empty in "
         "configs/synthetic/single_frame.yaml (it trains from scratch), so a randomly initialised "
         "model would be evaluated: add MODEL.WEIGHTS path/to/model_final.pth"
+    )
+
+
+def _one_line_error(run):
+    """The error line of a run that failed before or while training, with no traceback."""
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr + run.stdout, run.stderr[-3000:]
+    return run.stderr.strip().splitlines()[-1]
+
+
+def _broken_copy(project, folder, edit):
+    """The example's data copied to ``folder``, changed by ``edit(folder)``; its datasets file."""
+    for name in ("annotations", "frames"):
+        shutil.copytree(project / name, folder / name)
+    edit(folder)
+    (folder / "my_datasets.yaml").write_text(README_DATASETS_FILE)
+    return folder / "my_datasets.yaml"
+
+
+def _edit_json(edit):
+    def apply(folder):
+        path = folder / "annotations" / "train.json"
+        data = json.loads(path.read_text())
+        edit(data, folder)
+        path.write_text(json.dumps(data))
+
+    return apply
+
+
+def _corrupt(data, folder):
+    path = folder / "frames" / data["images"][0]["file_name"]
+    path.write_bytes(b"\x12\x34" + bytes(range(256)) * 8)  # not an image
+
+
+@pytest.mark.parametrize(
+    "edit, num_gpus, error",
+    [
+        (
+            _edit_json(lambda data, _: data["images"][5].update(file_name="train/1/gone.jpg")),
+            2,
+            "1 frame file of {annotations}/train.json is missing: {frames}/train/1/gone.jpg",
+        ),
+        (
+            _edit_json(lambda data, _: data["annotations"][0].update(bbox=[10, 10, -4, 5])),
+            1,
+            "{annotations}/train.json: annotation 1 (image 1) has bbox [10, 10, -4, 5] with a "
+            "negative width or height; COCO boxes are [x, y, w, h]",
+        ),
+        (
+            _edit_json(_corrupt),
+            1,
+            "1 frame file of {annotations}/train.json cannot be read as images: "
+            "{frames}/{first} (not an image: it starts with 12 34 00 01, not a JPEG "
+            "or PNG signature)",
+        ),
+    ],
+    ids=["missing frame, 2 processes", "bad box", "corrupt frame"],
+)
+def test_data_errors_are_one_line_before_anything_is_written(
+    project, tmp_path, edit, num_gpus, error
+):
+    datasets = _broken_copy(project, tmp_path, edit)
+    output = tmp_path / "output"
+    command = README_COMMAND.replace("train_net.py", f"train_net.py --num-gpus {num_gpus}")
+    run = _run(project, f"{command} {TINY} DATASETS.FILE {datasets} OUTPUT_DIR {output}")
+    first = json.loads((tmp_path / "annotations" / "train.json").read_text())["images"][0]
+    assert _one_line_error(run) == "train_net.py: error: " + error.format(
+        annotations=tmp_path / "annotations", frames=tmp_path / "frames", first=first["file_name"]
+    )
+    assert run.stderr.count("train_net.py: error:") == 1  # one process's output
+    assert not output.exists()
+
+
+def test_a_frame_unreadable_while_training_is_one_line_and_leaves_no_run(project, tmp_path):
+    # The example's synthetic tree in the ImageNet layout, whose frame check is cached: a frame
+    # rewritten in place afterwards (its folder's time unchanged) is found by training.
+    root = tmp_path / "synthetic"
+    shutil.copytree(project / "synthetic", root)
+    datasets = tmp_path / "datasets.yaml"
+    classes = list(SYNTHETIC_CLASSES)
+    datasets.write_text(
+        json.dumps(
+            {
+                "vid_train": dict(
+                    kind="imagenet_vid",
+                    root=str(root),
+                    image_set="ImageSets/VID_train_15frames.txt",
+                    class_names=classes,
+                    cache_dir=str(tmp_path / "cache"),
+                ),
+                "vid_val": dict(
+                    kind="imagenet_vid",
+                    root=str(root),
+                    image_set="ImageSets/VID_val_videos.txt",
+                    class_names=classes,
+                ),
+            }
+        )
+    )
+    load_imagenet_vid(
+        str(root),
+        "ImageSets/VID_train_15frames.txt",
+        class_names=classes,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    frames = sorted((root / "Data" / "VID" / "train").glob("*/*/*.JPEG"))
+    for frame in frames:
+        with open(frame, "r+b") as f:
+            f.write(b"\0" * 64)
+    output = tmp_path / "output"
+    run = _run(
+        project,
+        f"python train_net.py --config-file configs/synthetic/single_frame.yaml {TINY} "
+        f"DATASETS.FILE {datasets} DATASETS.TRAIN '(\"vid_train\",)' "
+        f"DATASETS.TEST '(\"vid_val\",)' OUTPUT_DIR {output} DATALOADER.NUM_WORKERS 2",
+    )
+    line = _one_line_error(run)
+    assert line.startswith(f"train_net.py: error: Cannot read the frame {root}/Data/VID/train/")
+    assert line.endswith(".JPEG: not an image PIL knows")
+    # Neither metrics nor TensorBoard events of a run that saved nothing to resume from.
+    assert sorted(os.listdir(output)) == ["config.yaml", "log.txt"]
+
+
+def test_config_mistakes_are_one_line(project, train_net, tmp_path, monkeypatch):
+    run = _run(project, "python train_net.py")
+    assert _one_line_error(run) == (
+        "train_net.py: error: no config file: give one with --config-file, e.g. `python "
+        "train_net.py --config-file configs/synthetic/single_frame.yaml` (--help lists the "
+        "options)"
+    )
+    run = _run(project, f"{README_COMMAND} MODEL.ROI_HEADS.NUM_CLASES 3")
+    assert _one_line_error(run).startswith(
+        "train_net.py: error: MODEL.ROI_HEADS.NUM_CLASES is not a config key (did you mean "
+        "'MODEL.ROI_HEADS.NUM_CLASSES'"
+    )
+    # Pretrained weights at a URL that cannot be fetched (nothing listens on port 9).
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path))
+    with pytest.raises(FileNotFoundError) as raised:
+        train_net.check(_args("MODEL.WEIGHTS", "http://127.0.0.1:9/R-50.pkl"))
+    assert str(raised.value).endswith(
+        "download it where there is network and give its local path, "
+        "MODEL.WEIGHTS /path/to/R-50.pkl"
+    )
+
+
+def test_eval_only_refuses_weights_for_another_class_count(project, train_net):
+    cfg = train_net.build_config(_args("MODEL.ROI_HEADS.NUM_CLASSES", "5"))
+    torch.save({"model": build_model(cfg).state_dict()}, "five_classes.pth")
+    with pytest.raises(ValueError) as raised:
+        train_net.check(_args("MODEL.WEIGHTS", "five_classes.pth", eval_only=True))
+    assert str(raised.value).startswith(
+        "MODEL.WEIGHTS five_classes.pth was trained for 5 classes but "
+        "MODEL.ROI_HEADS.NUM_CLASSES is 3, so its class and box predictors"
     )

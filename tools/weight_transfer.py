@@ -42,11 +42,11 @@ import sys
 import zipfile
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
-from vod_d2 import add_vod_config
-from vod_d2.modeling.temporal.weight_transfer import DEFAULT_SOURCE_CONV, convert_checkpoint
+from vod_d2.checkpoint import convert_checkpoint
+from vod_d2.engine import load_config
+from vod_d2.modeling.temporal.weight_transfer import DEFAULT_SOURCE_CONV
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -112,10 +112,7 @@ def main(argv=None):
     setup_logger(name="vod_d2")
     prepare_output(args.output)
     check_input(args.input)
-    cfg = get_cfg()
-    add_vod_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     return convert_checkpoint(cfg, args.input, args.output, args.source_conv)
 
 

@@ -109,7 +109,7 @@ def _add_solver_config(cfg):
     cfg.SOLVER.OPTIMIZER = "SGD"
     # Learning-rate factor of the parameters MODEL.WEIGHTS does not provide: the modules a video
     # method adds to the single-frame detector it is fine-tuned from train at this multiple of
-    # the learning rate of the pretrained ones (vod_d2.engine.checkpoint). 1: one rate for all.
+    # the learning rate of the pretrained ones (vod_d2.checkpoint). 1: one rate for all.
     cfg.SOLVER.NEW_MODULE_LR_FACTOR = 1.0
 
 

@@ -423,6 +423,34 @@ def test_missing_frames_are_found_at_load_and_named(root, cache_dir, tmp_path, m
         load_cocovid_json(json_file, images)
 
 
+def test_corrupt_frames_are_found_at_load_and_named(root, cache_dir, tmp_path):
+    # Frame 2 of the training snippet is not listed, but may be a support frame.
+    support = os.path.join(root, "Data", "VID", TRAIN, "000002.JPEG")
+    with open(support, "rb") as f:
+        data = f.read()
+    with open(support, "wb") as f:
+        f.write(data[: len(data) // 2])
+    for use_cache in (True, False):
+        with pytest.raises(ValueError) as raised:
+            load_imagenet_vid(
+                root, "ImageSets/VID_train_15frames.txt", cache_dir=cache_dir, use_cache=use_cache
+            )
+        assert str(raised.value) == (
+            f"1 frame file of {os.path.join(root, 'ImageSets/VID_train_15frames.txt')} cannot "
+            f"be read as images: {support} (truncated: no JPEG end marker FF D9 in its last "
+            f"{min(len(data) // 2, 1024)} bytes)"
+        )
+    det = os.path.join(root, "Data", "DET", DET2 + ".JPEG")
+    with open(det, "wb") as f:
+        f.write(os.urandom(2000).replace(b"\xff", b"\x00"))
+    with pytest.raises(ValueError, match=f"cannot be read as images: {det} \\(not an image"):
+        load_imagenet_det(root, "ImageSets/DET_train_30classes.txt", cache_dir=cache_dir)
+    json_file, images = _cocovid(tmp_path)
+    open(os.path.join(images, "clip_a", "000001.jpg"), "wb").close()
+    with pytest.raises(ValueError, match=f"{json_file} cannot .*clip_a/000001.jpg \\(an empty"):
+        load_cocovid_json(json_file, images)
+
+
 def test_the_frame_check_is_cached_until_a_frame_folder_changes(root, cache_dir, monkeypatch):
     def load():
         return load_imagenet_vid(root, "ImageSets/VID_train_15frames.txt", cache_dir=cache_dir)

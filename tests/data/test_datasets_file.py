@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
 
 import vod_d2.data.datasets.datasets_file as datasets_file
 from vod_d2.data import check_datasets, model_num_classes, register_datasets_from_config
@@ -56,7 +57,9 @@ def project(root, tmp_path):
     with open(folder / "annotations" / "videos.json") as f:
         for image in json.load(f)["images"]:
             (folder / "frames" / image["file_name"]).parent.mkdir(parents=True, exist_ok=True)
-            (folder / "frames" / image["file_name"]).touch()
+            Image.new("RGB", (image["width"], image["height"])).save(
+                folder / "frames" / image["file_name"]
+            )
     (folder / "datasets.yaml").write_text(DATASETS_YAML)
     return folder
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from detectron2.data import transforms as T
 
-from vod_d2.data import FrameSampler, VideoDatasetMapper
+from vod_d2.data import FrameReadError, FrameSampler, VideoDatasetMapper
 
 
 def _bright_column(image):
@@ -90,3 +90,18 @@ def test_a_corrupt_frame_names_its_file(cfg, frame_files, records):
         f.write(b"not an image")
     with pytest.raises(OSError, match=f"Cannot read the frame {records[3]['file_name']}"):
         mapper(records[3])
+
+
+def test_a_frame_unreadable_in_a_loader_worker_is_one_line(cfg, frame_files, records):
+    path = records[3]["file_name"]
+    with open(path, "wb") as f:
+        f.write(b"not an image")
+    # PyTorch raises the worker's error again in the main process, the worker's traceback in
+    # its message: str() keeps the one line naming the frame.
+    loader = torch.utils.data.DataLoader(
+        records, batch_size=None, num_workers=1, collate_fn=_mapper(cfg, frame_files, 0.5)
+    )
+    with pytest.raises(FrameReadError) as raised:
+        list(loader)
+    assert "Traceback" in raised.value.args[0]
+    assert str(raised.value) == f"Cannot read the frame {path}: not an image PIL knows"

@@ -1,8 +1,10 @@
+import logging
 import math
 
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 
 from vod_d2 import add_vod_config
@@ -72,3 +74,23 @@ def test_a_wrong_class_count_or_dataset_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="'synthetic_vid_vall', which is not a registered"):
         VideoTrainer(cfg)
     assert not (tmp_path / "model_final.pth").exists()
+
+
+@pytest.mark.usefixtures("synthetic_datasets")
+def test_fine_tuning_from_weights_for_another_class_count(tmp_path, caplog):
+    source = _cfg(tmp_path, max_iter=3)
+    source.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    weights = tmp_path / "three_classes.pth"
+    torch.save({"model": build_model(source).state_dict()}, weights)
+    cfg = _cfg(tmp_path / "run", max_iter=3)
+    cfg.MODEL.WEIGHTS = str(weights)
+    trainer = VideoTrainer(cfg)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        trainer.resume_or_load(resume=False)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"MODEL.WEIGHTS {weights} was trained for 3 classes but MODEL.ROI_HEADS.NUM_CLASSES is "
+        "5: fine-tuning, these layers start fresh: roi_heads.box_predictor.cls_score, "
+        "roi_heads.box_predictor.bbox_pred"
+    ]
+    assert trainer.model.roi_heads.box_predictor.cls_score.out_features == 6

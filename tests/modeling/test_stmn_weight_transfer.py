@@ -7,11 +7,9 @@ from detectron2.config import get_cfg
 from detectron2.structures import Boxes
 
 from vod_d2 import add_vod_config
+from vod_d2.checkpoint import convert_checkpoint
 from vod_d2.modeling.roi_heads.rfcn import rfcn_features
-from vod_d2.modeling.temporal.weight_transfer import (
-    convert_checkpoint,
-    transfer_single_frame_weights,
-)
+from vod_d2.modeling.temporal.weight_transfer import transfer_single_frame_weights
 
 DIRECTIONS = ("forward_memory", "backward_memory")
 

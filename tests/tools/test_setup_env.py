@@ -40,7 +40,8 @@ def repo(tmp_path):
 def fake_python(tmp_path):
     """
     A python that logs each ``-m pip`` call (with FORCE_CUDA) instead of running it; a
-    ``git+`` install "installs" detectron2 by removing the package that hides it.
+    ``git+`` install "installs" detectron2 by removing the package that hides it, and
+    ``pip show`` exits with ``$PIP_SHOW_STATUS`` (default 0: vod_d2 is installed).
     """
     log, shadow = tmp_path / "pip.log", tmp_path / "shadow"
     (shadow / "detectron2").mkdir(parents=True)
@@ -51,6 +52,7 @@ def fake_python(tmp_path):
         'if [ "$1" = -m ] && [ "$2" = pip ]; then\n'
         f'  echo "FORCE_CUDA=${{FORCE_CUDA:-}} $*" >> {log}\n'
         f'  case "$*" in *git+*) rm -rf {shadow}/detectron2 ;; esac\n'
+        '  case "$3" in show) exit "${PIP_SHOW_STATUS:-0}" ;; esac\n'
         "  exit 0\n"
         "fi\n"
         f'exec {sys.executable} "$@"\n'
@@ -95,6 +97,13 @@ def test_an_up_to_date_extension_is_not_rebuilt(repo, fake_python, tmp_path):
     os.utime(source, (time.time() + 5, time.time() + 5))
     run, calls = _run(repo, fake_python, FORCE_CUDA="0")
     assert run.returncode == 0 and _builds(calls) == ["FORCE_CUDA=0"]
+
+
+def test_a_python_without_vod_d2_installed_gets_it(repo, fake_python):
+    # A virtualenv made after the extension was built: up to date, but vod_d2 not installed.
+    run, calls = _run(repo, fake_python, FORCE_CUDA="0", PIP_SHOW_STATUS="1")
+    assert run.returncode == 0, run.stderr
+    assert _builds(calls) == ["FORCE_CUDA=0"]
 
 
 def test_cuda_kernels_need_force_cuda_or_nvcc_and_a_gpu(repo, fake_python, tmp_path):

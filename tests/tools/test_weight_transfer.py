@@ -111,3 +111,23 @@ def test_command_line_help_and_errors(tmp_path):
         .splitlines()[-1]
         .startswith(f"weight_transfer.py: error: --input {text} is not a PyTorch checkpoint")
     )
+
+
+def test_a_checkpoint_for_another_class_count_is_one_line(tmp_path):
+    cfg = get_cfg()
+    add_vod_config(cfg)
+    cfg.merge_from_file("configs/synthetic/single_frame.yaml")
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    path = tmp_path / "three.pth"
+    torch.save({"model": build_model(cfg).state_dict()}, path)
+    argv = ["--config-file", STMN, "--input", str(path), "--output", str(tmp_path / "stmn.pth")]
+    with pytest.raises(ValueError) as raised:
+        tool.main(argv)
+    assert str(raised.value) == (
+        f"--input {path} was trained for 3 classes but MODEL.ROI_HEADS.NUM_CLASSES is 5, so its "
+        "class and box predictors (roi_heads.box_predictor.cls_score, "
+        "roi_heads.box_predictor.bbox_pred) do not fit: set MODEL.ROI_HEADS.NUM_CLASSES 3"
+    )
+    assert not (tmp_path / "stmn.pth").exists()
+    report = tool.main(argv + ["MODEL.ROI_HEADS.NUM_CLASSES", "3"])
+    assert not any(key.startswith("roi_heads.box_predictor.") for key in report.kept_init)

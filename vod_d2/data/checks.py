@@ -11,7 +11,12 @@ from detectron2.data import DatasetCatalog
 
 from .datasets import dataset_classes
 
-__all__ = ["NUM_CLASSES_KEYS", "check_datasets", "model_num_classes"]
+__all__ = [
+    "NUM_CLASSES_KEYS",
+    "check_dataset_contents",
+    "check_datasets",
+    "model_num_classes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +51,43 @@ def check_datasets(cfg, *, train: bool = True) -> None:
         ValueError: one line naming the key and the dataset: an unknown name (with the closest
             registered names), an empty ``DATASETS.TRAIN``, or a class count that differs.
     """
+    names = _names(cfg, train)
+    for key, name in names:
+        _check_registered(cfg, key, name)
+    _check_num_classes(cfg, dict.fromkeys(name for _, name in names))
+
+
+def check_dataset_contents(cfg, *, train: bool = True) -> None:
+    """
+    Load every dataset of ``DATASETS.TEST`` (and, if ``train``, ``DATASETS.TRAIN``) once and
+    drop it, so that bad data (a missing or corrupt frame, a bad box) fails now, in one line,
+    rather than in every process of a launch. The ImageNet layouts cache what they parsed and
+    checked, so the processes that then train read them from the cache.
+
+    Args:
+        cfg: the config, its datasets checked by :func:`check_datasets`.
+        train: also load ``DATASETS.TRAIN``.
+
+    Raises:
+        ValueError, FileNotFoundError: the loader's one-line error naming the file, video or
+            annotation at fault, or one naming the key and a dataset that has no frames.
+    """
+    keys = {}
+    for key, name in _names(cfg, train):
+        keys.setdefault(name, key)
+    for name, key in keys.items():
+        if not DatasetCatalog.get(name):
+            raise ValueError(f"{key} names {name!r}, which has no frames")
+
+
+def _names(cfg, train: bool):
+    """(key, dataset name) of every dataset the config reads, training sets first."""
     names = [("DATASETS.TEST", name) for name in cfg.DATASETS.TEST]
     if train:
         if not cfg.DATASETS.TRAIN:
             raise ValueError("DATASETS.TRAIN is empty: name the datasets to train on")
         names = [("DATASETS.TRAIN", name) for name in cfg.DATASETS.TRAIN] + names
-    for key, name in names:
-        _check_registered(cfg, key, name)
-    _check_num_classes(cfg, dict.fromkeys(name for _, name in names))
+    return names
 
 
 def _check_registered(cfg, key: str, name: str) -> None:

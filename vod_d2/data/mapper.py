@@ -12,10 +12,11 @@ from detectron2.config import configurable
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+from PIL import UnidentifiedImageError
 
 from .frame_sampling import FrameSampler
 
-__all__ = ["AnnotationTable", "VideoDatasetMapper", "read_frame"]
+__all__ = ["AnnotationTable", "FrameReadError", "VideoDatasetMapper", "read_frame"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +146,20 @@ class VideoDatasetMapper(DatasetMapper):
         return _to_chw_tensor(image)
 
 
+class FrameReadError(OSError):
+    """
+    A frame file that cannot be read: missing, truncated, or not an image.
+
+    ``str()`` is one line naming the file, also when a data-loader worker raised it: PyTorch
+    then raises it again in the main process with the worker's traceback in its message, whose
+    last line is the original message.
+    """
+
+    def __str__(self) -> str:
+        last = (super().__str__().rstrip().splitlines() or [""])[-1]
+        return last.split(f"{type(self).__name__}: ", 1)[-1]
+
+
 def read_frame(path: str, image_format: str) -> np.ndarray:
     """
     detectron2's ``read_image``, with errors naming the file: PIL's ``OSError: cannot load
@@ -152,13 +167,18 @@ def read_frame(path: str, image_format: str) -> np.ndarray:
 
     Returns:
         ndarray: (H, W, C) image in ``image_format``.
+
+    Raises:
+        FrameReadError: naming the file, when it is missing or cannot be decoded.
     """
     try:
         return utils.read_image(path, format=image_format)
     except FileNotFoundError:
-        raise
+        raise FrameReadError(f"Cannot read the frame {path}: it does not exist") from None
+    except UnidentifiedImageError:  # its message repeats the path, as a file object's repr
+        raise FrameReadError(f"Cannot read the frame {path}: not an image PIL knows") from None
     except OSError as e:
-        raise OSError(f"Cannot read the frame {path}: {e}") from e
+        raise FrameReadError(f"Cannot read the frame {path}: {e}") from e
 
 
 class AnnotationTable:

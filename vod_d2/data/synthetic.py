@@ -49,9 +49,8 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, 
 import numpy as np
 from PIL import Image
 
-from .datasets.builtin import SYNTHETIC_CLASSES
+from .datasets.classes import SYNTHETIC_CLASSES, VID_CLASSES, VID_WNIDS
 from .datasets.image_sets import fgfa_train_frames
-from .datasets.imagenet_vid import VID_CLASSES, VID_WNIDS
 
 __all__ = [
     "BENCHMARK_OPTIONS",

@@ -11,8 +11,7 @@ from detectron2.solver.build import (
 )
 from detectron2.utils.file_io import PathManager
 
-from ..modeling.temporal.weight_transfer import load_model_state
-from .checkpoint import new_parameter_names
+from ..checkpoint import load_model_state, new_parameter_names
 
 __all__ = ["OPTIMIZERS", "build_optimizer", "optimizer_overrides"]
 
@@ -46,7 +45,7 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     * ``"ADAMW"``: AdamW (Sparse R-CNN §4, SparseVOD §4.1: lr 2.5e-5, weight decay 1e-4).
 
     The parameters that ``MODEL.WEIGHTS`` does not provide (the modules a video method adds to
-    the single-frame detector it starts from, :func:`~.checkpoint.new_parameter_names`) train
+    the single-frame detector it starts from, :func:`vod_d2.checkpoint.new_parameter_names`) train
     at ``SOLVER.NEW_MODULE_LR_FACTOR`` times the learning rate.
 
     The step is clipped as ``SOLVER.CLIP_GRADIENTS`` says, with one more ``CLIP_TYPE``:

@@ -11,9 +11,9 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
+from ..checkpoint import VideoCheckpointer
 from ..data import dataset_classes, register_datasets_from_config
 from ..modeling import VideoDetector
-from .checkpoint import VideoCheckpointer
 from .trainer import build_video_postprocess
 
 __all__ = ["VideoPredictor", "VideoReader"]
@@ -116,7 +116,8 @@ class VideoPredictor:
     Runs a video model on the frames of one video at a time, the video counterpart of
     detectron2's ``DefaultPredictor``. Compared to calling the model directly it:
 
-    1. builds the model of ``cfg`` and loads ``cfg.MODEL.WEIGHTS``;
+    1. builds the model of ``cfg`` and loads ``cfg.MODEL.WEIGHTS`` (refusing, in one line,
+       weights trained for another class count: :class:`~vod_d2.checkpoint.VideoCheckpointer`);
     2. takes BGR frames (as OpenCV decodes them) and converts them to ``cfg.INPUT.FORMAT``;
     3. resizes them with ``ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, MAX_SIZE_TEST)``, one
        transform for the whole video (all its frames must have the same size);
@@ -175,7 +176,7 @@ class VideoPredictor:
             )
         self.model.eval()
         self.metadata = dataset_metadata(self.cfg)
-        VideoCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        VideoCheckpointer(self.model, cfg=self.cfg).load(cfg.MODEL.WEIGHTS)
 
         self.aug = T.ResizeShortestEdge(
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST

@@ -1,19 +1,19 @@
 """VideoTrainer: detectron2's DefaultTrainer with video loaders, evaluator and inference loop."""
 
 import contextlib
+import functools
 import logging
-import weakref
 from collections import OrderedDict
 
 import detectron2.engine.defaults as d2_defaults
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, TrainerBase
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, print_csv_format
 from detectron2.utils import comm
 
-from ..data import build_video_test_loader, build_video_train_loader, check_datasets
+from ..checkpoint import VideoCheckpointer
+from ..data import FrameReadError, build_video_test_loader, build_video_train_loader, check_datasets
 from ..evaluation import VIDEvaluator
 from ..postprocessing import seq_nms_instances, seq_nms_kwargs_from_config
-from .checkpoint import VideoCheckpointer
 from .inference import inference_on_videos
 from .optimizer import build_optimizer
 
@@ -53,6 +53,32 @@ _create_ddp_model = d2_defaults.create_ddp_model
 
 
 @contextlib.contextmanager
+def _fine_tuning_checkpointer(cfg):
+    """DefaultTrainer.__init__ builds its checkpointer with the module-level
+    DetectionCheckpointer of detectron2.engine.defaults; this gives it a VideoCheckpointer that
+    fine-tunes: a video model starts from a single-frame checkpoint of its head, and weights for
+    another class count load with one line naming the fresh layers."""
+    original = d2_defaults.DetectionCheckpointer
+    d2_defaults.DetectionCheckpointer = functools.partial(
+        VideoCheckpointer, cfg=cfg, fine_tune=True
+    )
+    try:
+        yield
+    finally:
+        d2_defaults.DetectionCheckpointer = original
+
+
+class _NoFrameReadTraceback(logging.Filter):
+    """
+    Drops detectron2's "Exception during training" record of an unreadable frame: its traceback
+    says nothing that :class:`FrameReadError`'s one line (which names the file) does not.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], FrameReadError))
+
+
+@contextlib.contextmanager
 def _cpu_aware_ddp():
     """DefaultTrainer.__init__ wraps the model with the module-level create_ddp_model of
     detectron2.engine.defaults; this is the one place to give it :func:`create_ddp_model`."""
@@ -75,12 +101,21 @@ class VideoTrainer(DefaultTrainer):
         # The checks train_net.py runs, for Python users too: a wrong dataset name or class
         # count fails here, in one line, not after training.
         check_datasets(cfg)
-        with _cpu_aware_ddp():
+        with _cpu_aware_ddp(), _fine_tuning_checkpointer(cfg):
             super().__init__(cfg)
-        # A video model may start from a single-frame checkpoint of its head (MODEL.WEIGHTS).
-        self.checkpointer = VideoCheckpointer(
-            self.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
+
+    def train(self):
+        """
+        detectron2's training loop; a frame that cannot be read stops it with
+        :class:`FrameReadError`, without detectron2's traceback in the log.
+        """
+        train_loop_logger = logging.getLogger(TrainerBase.__module__)
+        no_traceback = _NoFrameReadTraceback()
+        train_loop_logger.addFilter(no_traceback)
+        try:
+            return super().train()
+        finally:
+            train_loop_logger.removeFilter(no_traceback)
 
     @classmethod
     def build_optimizer(cls, cfg, model):

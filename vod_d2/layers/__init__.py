@@ -1,6 +1,11 @@
 """Ops of the temporal methods: autograd wrappers of ``vod_d2._C`` and pure-PyTorch references."""
 
-from .deform_conv import DeformConv2d, check_deform_conv2d_inputs
+from .deform_conv import (
+    DeformConv,
+    DeformConv2d,
+    check_deform_conv2d_inputs,
+    use_torchvision_deform_convs,
+)
 from .deform_psroi_pool import DeformPSRoIPool, deform_ps_roi_pool, deform_ps_roi_pool_reference
 from .deform_sampling import (
     DeformableSimilaritySampling,
@@ -17,6 +22,7 @@ from .match_trans import (
 from .temporal_roi_align import TemporalRoIAlign, temporal_roi_align, temporal_roi_align_reference
 
 __all__ = [
+    "DeformConv",
     "DeformConv2d",
     "DeformPSRoIPool",
     "DeformableSimilaritySampling",
@@ -33,4 +39,5 @@ __all__ = [
     "local_correlation_reference",
     "temporal_roi_align",
     "temporal_roi_align_reference",
+    "use_torchvision_deform_convs",
 ]

@@ -15,13 +15,14 @@ registered in Python (:func:`register_video_dataset`) or declared in a datasets 
 config names (``DATASETS.FILE``, :mod:`.datasets_file`).
 """
 
-from .builtin import BUILTIN_DATASETS, SYNTHETIC_CLASSES, datasets_root, register_all_builtin
+from .builtin import BUILTIN_DATASETS, datasets_root, register_all_builtin
 from .cache import default_cache_dir
+from .classes import SYNTHETIC_CLASSES, VID_CLASSES, VID_WNIDS
 from .cocovid import cocovid_categories, load_cocovid_json
 from .datasets_file import register_datasets_file, register_datasets_from_config
 from .frame_table import NumberedFrames, build_frame_table
 from .image_sets import fgfa_train_frames
-from .imagenet_vid import VID_CLASSES, VID_WNIDS, load_imagenet_det, load_imagenet_vid
+from .imagenet_vid import load_imagenet_det, load_imagenet_vid
 from .register import dataset_classes, register_video_dataset
 
 __all__ = [

@@ -25,13 +25,11 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .cache import default_cache_dir
+from .classes import SYNTHETIC_CLASSES, VID_CLASSES
 from .image_sets import derived_image_set
-from .imagenet_vid import VID_CLASSES, load_imagenet_det, load_imagenet_vid
+from .imagenet_vid import load_imagenet_det, load_imagenet_vid
 
-__all__ = ["BUILTIN_DATASETS", "SYNTHETIC_CLASSES", "datasets_root", "register_all_builtin"]
-
-# The classes of the built-in synthetic data (vod_d2.data.synthetic), 5 of the VID classes.
-SYNTHETIC_CLASSES = ("airplane", "bird", "car", "dog", "zebra")
+__all__ = ["BUILTIN_DATASETS", "datasets_root", "register_all_builtin"]
 
 # name -> (folder under $DETECTRON2_DATASETS, loader kind, image-set lists: the first existing
 # one is read; for ILSVRC2015, when none exists, the last one is derived from the official lists)

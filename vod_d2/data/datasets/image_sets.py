@@ -39,6 +39,8 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from .classes import VID_CLASSES, VID_WNIDS
+
 __all__ = [
     "DET_CLASS_INDEX",
     "FrameList",
@@ -257,9 +259,6 @@ def derive_det_train_30classes(root: str, output: str) -> str:
         ValueError: when the first image of a class's list has no object of that class (the
             lists are numbered differently from the devkit's).
     """
-    # Imported here: imagenet_vid imports this module.
-    from .imagenet_vid import VID_CLASSES, VID_WNIDS
-
     folder = os.path.join(root, "ImageSets", "DET")
     images: Dict[str, None] = {}
     for name, wnid in zip(VID_CLASSES, VID_WNIDS):

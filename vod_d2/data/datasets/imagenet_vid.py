@@ -30,33 +30,15 @@ import numpy as np
 from detectron2.structures import BoxMode
 
 from .cache import cache_file, default_cache_dir, fingerprint_files, load_cached, save_cached
+from .classes import VID_CLASSES, VID_WNIDS
 from .frame_files import check_frame_files
 from .image_sets import FrameList, read_det_image_set, read_vid_image_set, scan_vid_split
 from .vid_xml import AnnotationColumns, parse_annotation_files
 
-__all__ = [
-    "VID_CLASSES",
-    "VID_WNIDS",
-    "load_imagenet_vid",
-    "load_imagenet_det",
-]
+__all__ = ["load_imagenet_vid", "load_imagenet_det"]
 
 logger = logging.getLogger(__name__)
 
-# The 30 ImageNet VID classes, in the order every VID code base uses, and their WordNet ids.
-VID_CLASSES = (
-    "airplane", "antelope", "bear", "bicycle", "bird", "bus", "car", "cattle", "dog",
-    "domestic_cat", "elephant", "fox", "giant_panda", "hamster", "horse", "lion", "lizard",
-    "monkey", "motorcycle", "rabbit", "red_panda", "sheep", "snake", "squirrel", "tiger",
-    "train", "turtle", "watercraft", "whale", "zebra",
-)  # fmt: skip
-VID_WNIDS = (
-    "n02691156", "n02419796", "n02131653", "n02834778", "n01503061", "n02924116", "n02958343",
-    "n02402425", "n02084071", "n02121808", "n02503517", "n02118333", "n02510455", "n02342885",
-    "n02374451", "n02129165", "n01674464", "n02484322", "n03790512", "n02324045", "n02509815",
-    "n02411705", "n01726692", "n02355227", "n02129604", "n04468005", "n01662784", "n04530566",
-    "n02062744", "n02391049",
-)  # fmt: skip
 _WNID_OF_CLASS = dict(zip(VID_CLASSES, VID_WNIDS))
 
 # Bump when the parsed columns change meaning, so older cache entries are parsed again.

@@ -5,8 +5,9 @@ from typing import List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from .classes import VID_CLASSES
 from .cocovid import cocovid_categories, load_cocovid_json
-from .imagenet_vid import VID_CLASSES, load_imagenet_det, load_imagenet_vid
+from .imagenet_vid import load_imagenet_det, load_imagenet_vid
 
 __all__ = ["KINDS", "dataset_classes", "register_video_dataset"]
 

@@ -17,7 +17,9 @@ from detectron2.modeling.backbone import ResNet, build_resnet_backbone
 from detectron2.modeling.backbone.resnet import BottleneckBlock, CNNBlockBase, DeformBottleneckBlock
 from torch import nn
 
-__all__ = ["RFCNResNet", "build_rfcn_resnet_backbone"]
+from ...layers.deform_conv import use_torchvision_deform_convs
+
+__all__ = ["RFCNResNet", "build_deformable_resnet_backbone", "build_rfcn_resnet_backbone"]
 
 OUT_FEATURE = "res5_reduced"
 
@@ -80,10 +82,22 @@ class RFCNResNet(ResNet):
 
 
 @BACKBONE_REGISTRY.register()
+def build_deformable_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
+    """
+    detectron2's ``build_resnet_backbone``, its deformable convs
+    (``MODEL.RESNETS.DEFORM_ON_PER_STAGE``) computed by torchvision, so that they run on the CPU
+    as well as CUDA; parameter names and shapes are detectron2's.
+    """
+    return use_torchvision_deform_convs(build_resnet_backbone(cfg, input_shape))
+
+
+@BACKBONE_REGISTRY.register()
 def build_rfcn_resnet_backbone(cfg, input_shape: ShapeSpec) -> RFCNResNet:
     """
     detectron2's ResNet of ``cfg.MODEL.RESNETS`` (depth, ``RES5_DILATION``, deformable stages,
-    ``MODEL.BACKBONE.FREEZE_AT``) followed by the feature reduction of ``cfg.MODEL.RFCN``.
+    ``MODEL.BACKBONE.FREEZE_AT``) followed by the feature reduction of ``cfg.MODEL.RFCN``. Its
+    deformable convs are computed by torchvision (:mod:`vod_d2.layers.deform_conv`), so they
+    run on the CPU too, with detectron2's parameter names.
     """
     out_features = list(cfg.MODEL.RESNETS.OUT_FEATURES)
     if out_features != ["res5"]:
@@ -98,18 +112,20 @@ def build_rfcn_resnet_backbone(cfg, input_shape: ShapeSpec) -> RFCNResNet:
     last = cfg.MODEL.RFCN.DEFORM_RES4_LAST_BLOCKS
     if last:
         stages[2][-last:] = [_deformable(cfg, block) for block in stages[2][-last:]]
-    return RFCNResNet(
-        resnet.stem,
-        stages,
-        reduction_channels=cfg.MODEL.RFCN.REDUCTION_CHANNELS,
-        reduction_dilation=cfg.MODEL.RFCN.REDUCTION_DILATION,
+    return use_torchvision_deform_convs(
+        RFCNResNet(
+            resnet.stem,
+            stages,
+            reduction_channels=cfg.MODEL.RFCN.REDUCTION_CHANNELS,
+            reduction_dilation=cfg.MODEL.RFCN.REDUCTION_DILATION,
+        )
     )
 
 
 def _deformable(cfg, block: nn.Module) -> DeformBottleneckBlock:
     """
-    A bottleneck block of res4 made deformable: its 3x3 conv becomes detectron2's deformable
-    conv with its offset conv (zero-initialised, so the block starts as the plain one); the
+    A bottleneck block of res4 made deformable: its 3x3 conv becomes a deformable conv with its
+    offset conv (zero-initialised, so the block starts as the plain one); the
     other layers keep their names, so pretrained weights load. detectron2 turns deformable
     convs on per stage only; this gives the Deformable ConvNets setting of "6 deformable
     layers" (res4's last 3 blocks and res5's 3, Dai et al. 2017 Table 1) that STSN uses.

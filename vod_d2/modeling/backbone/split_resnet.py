@@ -24,16 +24,11 @@ import torch
 import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
-from detectron2.modeling.backbone.resnet import (
-    BasicBlock,
-    BottleneckBlock,
-    ResNet,
-    build_resnet_backbone,
-)
+from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock, ResNet
 from torch import nn
 
 from .rfcn_resnet import OUT_FEATURE as REDUCED_FEATURE
-from .rfcn_resnet import RFCNResNet, build_rfcn_resnet_backbone
+from .rfcn_resnet import RFCNResNet, build_deformable_resnet_backbone, build_rfcn_resnet_backbone
 
 __all__ = ["SplitResNet", "build_split_resnet_backbone", "build_split_rfcn_resnet_backbone"]
 
@@ -207,7 +202,7 @@ def _split(cfg, resnet: ResNet) -> SplitResNet:
 @BACKBONE_REGISTRY.register()
 def build_split_resnet_backbone(cfg, input_shape: ShapeSpec) -> SplitResNet:
     """detectron2's ResNet (``MODEL.RESNETS``) cut at ``MODEL.LSTS.LOW_LEVEL_*``."""
-    return _split(cfg, build_resnet_backbone(cfg, input_shape))
+    return _split(cfg, build_deformable_resnet_backbone(cfg, input_shape))
 
 
 @BACKBONE_REGISTRY.register()

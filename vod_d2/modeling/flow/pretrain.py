@@ -12,8 +12,9 @@ The loss is FlowNet's multi-scale end-point error (EPE): every level the network
 (:meth:`FlowNetwork.multiscale_flows`) against the ground truth averaged over its cells, with
 FlowNet's weights 0.32, 0.08, 0.02, 0.01, 0.005 from the coarsest level to the stride-16 flow the
 detector uses. Reported EPEs are those of that flow, in feature cells (pixels / 16). The scale
-map S is not trained here (no feature to scale): it stays 1, as it starts in the papers. :func:`pretrain_flow` returns the EPE on held-back pairs, with the EPE of
-zero flow (what an untrained FlowNet-S predicts) for comparison, and writes a checkpoint that
+map S is not trained here (no feature to scale): it stays 1, as it starts in the papers.
+:func:`pretrain_flow` returns the EPE on held-back pairs, with the EPE of zero flow (what an
+untrained FlowNet-S predicts) for comparison; :func:`save_pretrained` writes a checkpoint that
 ``MODEL.FLOW.WEIGHTS`` loads (:meth:`FlowNetwork.pretrained_state`).
 """
 
@@ -187,9 +188,7 @@ def pretrain_flow(
     losses, window = [], []
     start = time.perf_counter()
     for step in range(iterations):
-        cur, ref, flow = _batch(
-            flow_pairs(seed, step * batch_size, batch_size, size, input_format)
-        )
+        cur, ref, flow = _batch(flow_pairs(seed, step * batch_size, batch_size, size, input_format))
         loss, epe = _multiscale_loss(flow_net, cur, ref, flow)
         optimizer.zero_grad()
         loss.backward()

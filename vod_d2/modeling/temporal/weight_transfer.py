@@ -1,5 +1,7 @@
 """
-Start STMN from a single-frame checkpoint (the weight transfer of §3.2)::
+Start STMN from a single-frame checkpoint (the weight transfer of §3.2): done on load when
+``MODEL.WEIGHTS`` names the single-frame checkpoint (:class:`vod_d2.checkpoint.VideoCheckpointer`),
+or written once as an STMN checkpoint::
 
     python tools/weight_transfer.py --config-file configs/stmn_R101_RFCN.yaml \\
         --input output/stmn_R101_RFCN_static/model_final.pth --output stmn_init.pth
@@ -50,12 +52,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-__all__ = [
-    "TransferReport",
-    "transfer_single_frame_weights",
-    "convert_checkpoint",
-    "load_model_state",
-]
+__all__ = ["DEFAULT_SOURCE_CONV", "TransferReport", "transfer_single_frame_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -233,45 +230,3 @@ def _place_on_half(key: str, src: torch.Tensor, shape: torch.Size) -> Optional[t
     width = src.shape[1]
     out[:, halves[0] * width : (halves[0] + 1) * width] = src
     return out
-
-
-def load_model_state(path: str) -> Dict[str, torch.Tensor]:
-    """The ``model`` state dict of a detectron2 ``.pth`` checkpoint at ``path`` (tensors only)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a detectron2 .pth checkpoint (a 'model' state dict)")
-    return state
-
-
-def convert_checkpoint(cfg, input_path: str, output_path: str, source_conv=DEFAULT_SOURCE_CONV):
-    """
-    Write an STMN checkpoint initialised from a single-frame one.
-
-    Args:
-        cfg: config of the STMN model (with the vod_d2 keys).
-        input_path: the single-frame detector's ``.pth`` checkpoint.
-        output_path: where to write ``{"model": state_dict}`` for ``MODEL.WEIGHTS``.
-        source_conv: see :func:`transfer_single_frame_weights`.
-
-    Returns:
-        TransferReport
-    """
-    from detectron2.modeling import build_model
-
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.DEVICE = "cpu"
-    target = build_model(cfg).state_dict()
-    state, report = transfer_single_frame_weights(load_model_state(input_path), target, source_conv)
-    logger.info(
-        f"{input_path} -> {output_path}: {len(report.converted)} converted into STMN cells, "
-        f"{len(report.copied)} copied, {len(report.widened)} widened, "
-        f"{len(report.kept_init)} left at initialisation"
-    )
-    logger.info(f"W_z, W_r, W: {report.mapping or 'left at initialisation'}")
-    for name in ("converted", "widened", "kept_init"):
-        for key in getattr(report, name):
-            logger.info(f"  {name}: {key}")
-    torch.save({"model": state}, output_path)
-    return report
