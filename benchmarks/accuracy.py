@@ -274,30 +274,72 @@ def _detections(run: str, gt, image_index: Dict[int, int]):
     )
 
 
-def _differences(methods, seeds, outputs, samples) -> Dict:
-    """Per method and baseline: paired_bootstrap on every subset."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
+class _Evaluation:
+    """The validation set's ground truth and the runs' dumped detections, loaded once."""
 
-    import vod_d2  # noqa: F401  (registers the datasets)
-    from vod_d2.evaluation import ground_truth_from_records, paired_bootstrap
+    def __init__(self, outputs: Dict, seeds: Sequence[int]):
+        from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    classes = MetadataCatalog.get(TEST).thing_classes
-    gt, _ = ground_truth_from_records(DatasetCatalog.get(TEST), len(classes), TEST)
-    index = {int(i): f for f, i in enumerate(gt.image_ids)}
-    cache = {}
+        import vod_d2  # noqa: F401  (registers the datasets)
+        from vod_d2.evaluation import ground_truth_from_records
 
-    def runs(name):
-        if name not in cache:
-            cache[name] = [_detections(outputs[name, s], gt, index) for s in seeds]
-        return cache[name]
+        self.num_classes = len(MetadataCatalog.get(TEST).thing_classes)
+        self.records = DatasetCatalog.get(TEST)
+        self.gt, _ = ground_truth_from_records(self.records, self.num_classes, TEST)
+        self.index = {int(i): f for f, i in enumerate(self.gt.image_ids)}
+        self.outputs, self.seeds = outputs, seeds
+        self._runs = {}
 
-    out = {}
-    for name in methods:
-        for base in METHODS[name].baselines:
-            if base in methods:
-                diff = paired_bootstrap(gt, runs(name), runs(base), len(classes), samples=samples)
-                out[f"{name} vs {base}"] = {k: vars(v) for k, v in diff.items()}
-    return out
+    def runs(self, name: str):
+        """Each seed's detections of method ``name``."""
+        if name not in self._runs:
+            self._runs[name] = [
+                _detections(self.outputs[name, s], self.gt, self.index) for s in self.seeds
+            ]
+        return self._runs[name]
+
+    def differences(self, methods, samples: int) -> Dict:
+        """Per method and baseline: paired_bootstrap on every subset."""
+        from vod_d2.evaluation import paired_bootstrap
+
+        out = {}
+        for name in methods:
+            for base in METHODS[name].baselines:
+                if base in methods:
+                    diff = paired_bootstrap(
+                        self.gt, self.runs(name), self.runs(base), self.num_classes,
+                        samples=samples,
+                    )  # fmt: skip
+                    out[f"{name} vs {base}"] = {k: vars(v) for k, v in diff.items()}
+        return out
+
+    def key_frame_maps(self, name: str, compared: Sequence[str]) -> Dict[str, Tuple[float, float]]:
+        """
+        The mAP of ``name`` and of each ``compared`` method on ``name``'s key frames and on its
+        other frames (means over seeds): what propagation from a key frame costs.
+        """
+        from vod_d2.evaluation import match_detections, mean_over_classes
+        from vod_d2.modeling.frames import key_frame_index
+
+        cfg = _cfg(name)
+        interval, position = cfg.MODEL.VIDEO.KEY_FRAME_INTERVAL, cfg.MODEL.KEY_FRAME.POSITION
+        key = np.array(
+            [
+                r["frame_idx"]
+                == key_frame_index(r["frame_idx"], r["video_length"], interval, position)
+                for r in self.records
+            ]
+        )
+        weights = np.stack([key, ~key]).astype(np.float64)
+        out = {}
+        for method in [name, *compared]:
+            maps = []
+            for detections in self.runs(method):
+                matching = match_detections(self.gt, detections, self.num_classes)
+                tp, fp, in_box = matching.subsets()["all"]
+                maps.append(mean_over_classes(matching.class_aps(tp, fp, in_box, weights)[0]))
+            out[method] = tuple(100.0 * np.mean(maps, axis=0))
+        return out
 
 
 def _table(rows: List[List[str]]) -> str:
@@ -385,7 +427,13 @@ def main():
     runs = dict(pool.map(fine_tune, jobs))
     finals = {job: _final(history) for job, (_, history) in runs.items()}
     outputs = {job: output for job, (output, _) in runs.items()}
-    differences = _differences(methods, args.seeds, outputs, args.samples)
+    evaluation = _Evaluation(outputs, args.seeds)
+    differences = evaluation.differences(methods, args.samples)
+    key_frames = {
+        m: evaluation.key_frame_maps(m, [b for b in METHODS[m].baselines if b in methods])
+        for m in methods
+        if _cfg(m).MODEL.META_ARCHITECTURE == "KeyFrameRCNN"
+    }
 
     iteration0 = {}
     if args.iteration0:
@@ -415,6 +463,13 @@ def main():
     print(_metric_table(methods, args.seeds, finals))
     print("\nPaired differences (mean over seeds, 95% video-level bootstrap interval):\n")
     print(_difference_table(differences))
+    if key_frames:
+        print(
+            "\nKey-frame methods: mAP on their key frames / on their other frames (mean of seeds):"
+        )
+        for name, maps in key_frames.items():
+            cells = ", ".join(f"{m} {key:.1f} / {other:.1f}" for m, (key, other) in maps.items())
+            print(f"  {name}'s frames: {cells}")
     print(f"\nFine-tuning curves (seed {args.curve_seed}, mAP by iteration):")
     for name in methods:
         history = runs[name, args.curve_seed][1]
@@ -433,6 +488,7 @@ def main():
             "curves": {f"{m}/seed{s}": h for (m, s), (_, h) in runs.items()},
             "warm_starts": {f"{h}/seed{s}": hist for (h, s), (_, hist) in warm.items()},
             "differences": differences,
+            "key_frames": key_frames,
             "iteration0": {
                 f"{m}/{'identity' if i else 'paper'}": r for (m, i), r in iteration0.items()
             },
