@@ -83,6 +83,8 @@ HEADS = {
     "rfcn": Head("rfcn", 8000, 10.0),
     # Sparse R-CNN's set prediction learns slower (and its config clips at norm 1).
     "sparse_rcnn": Head("sparse_rcnn", 12000, 1.0),
+    # The model zoo's R50-FPN Faster R-CNN at the synthetic widths.
+    "fpn": Head("single_frame_fpn", 8000, 10.0),
 }
 
 METHODS = {
@@ -99,6 +101,8 @@ METHODS = {
     "lsts": Method("rfcn", ("rfcn", "dff")),
     "sparse_rcnn": Method("sparse_rcnn"),
     "sparsevod": Method("sparse_rcnn", ("sparse_rcnn",)),
+    "single_frame_fpn": Method("fpn", default=False),
+    "stsn_fpn": Method("fpn", ("single_frame_fpn",), default=False),
 }
 
 

@@ -39,10 +39,10 @@ ZOO = {
 }
 SYNTHETIC = {
     "single frame R50-FPN (synthetic widths)": ("configs/synthetic/single_frame_fpn.yaml", []),
-    "STSN R50-FPN (synthetic widths, K = 4, p2-p6)": ("configs/synthetic/stsn_fpn.yaml", []),
-    "STSN R50-FPN (synthetic widths, K = 4, p3-p6)": (
+    "STSN R50-FPN (synthetic widths, T = 3, p3-p6)": ("configs/synthetic/stsn_fpn.yaml", []),
+    "STSN R50-FPN (synthetic widths, T = 3, p2-p6)": (
         "configs/synthetic/stsn_fpn.yaml",
-        WITHOUT_P2,
+        ["MODEL.VIDEO.IN_FEATURES", []],
     ),
 }
 

@@ -285,7 +285,7 @@ def render_video(
 
 
 def render_flow_pair(
-    rng: np.random.Generator, size: Tuple[int, int], max_gap: int = 10
+    rng: np.random.Generator, size: Tuple[int, int], max_gap: int = 10, objects: bool = True
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     Two frames of one undegraded synthetic video (poles included, no blur) and the exact
@@ -298,6 +298,8 @@ def render_flow_pair(
         rng: source of every random choice.
         size: (H, W) of the frames.
         max_gap: largest frame distance.
+        objects: draw the objects and poles; False: the panning background alone (the same
+            random draws, so the same background and pan as with them).
 
     Returns:
         tuple: ``cur``, ``ref`` (H, W, 3) uint8 RGB frames and ``flow`` (2, H, W) float32 in
@@ -306,6 +308,8 @@ def render_flow_pair(
     """
     num_frames = 2 * max_gap + 1
     scene = _sample_scene(rng, num_frames, size, _profile("default"))
+    if not objects:
+        scene.tracks, scene.poles = [], []
     cur_t = int(rng.integers(num_frames))
     ref_t = int(rng.choice([t for t in range(num_frames) if 0 < abs(t - cur_t) <= max_gap]))
     frames = []

@@ -78,10 +78,16 @@ def feature_flow(flow: torch.Tensor) -> torch.Tensor:
 
 
 def flow_pairs(
-    seed: int, start: int, count: int, size: Tuple[int, int], input_format: str
+    seed: int,
+    start: int,
+    count: int,
+    size: Tuple[int, int],
+    input_format: str,
+    objects: bool = True,
 ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """
-    Pairs ``start .. start + count - 1`` of ``seed`` as a flow network takes them.
+    Pairs ``start .. start + count - 1`` of ``seed`` as a flow network takes them (with
+    ``objects`` False: their panning backgrounds alone).
 
     Yields:
         tuple: ``cur``, ``ref`` (3, H, W) float32 frames in [0, 255], channels in
@@ -89,7 +95,7 @@ def flow_pairs(
         :func:`~vod_d2.data.synthetic.render_flow_pair`).
     """
     for index in range(start, start + count):
-        cur, ref, flow = render_flow_pair(flow_pair_rng(seed, index), size)
+        cur, ref, flow = render_flow_pair(flow_pair_rng(seed, index), size, objects=objects)
         frames = [torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))) for x in (cur, ref)]
         if input_format == "BGR":
             frames = [x.flip(0) for x in frames]
@@ -127,10 +133,15 @@ def _multiscale_loss(flow_net: FlowNetwork, cur, ref, flow) -> Tuple[torch.Tenso
 
 @torch.no_grad()
 def evaluate_epe(
-    flow_net: FlowNetwork, num_pairs: int, size: Tuple[int, int], input_format: str
+    flow_net: FlowNetwork,
+    num_pairs: int,
+    size: Tuple[int, int],
+    input_format: str,
+    objects: bool = True,
 ) -> Tuple[float, float]:
     """
-    EPE of ``flow_net`` and of zero flow on the held-back pairs, in feature cells.
+    EPE of ``flow_net`` and of zero flow on the held-back pairs (whole scenes, or with
+    ``objects`` False their backgrounds alone), in feature cells.
 
     Returns:
         tuple[float, float]: (the network's EPE, zero flow's EPE).
@@ -138,7 +149,7 @@ def evaluate_epe(
     was_training = flow_net.training
     flow_net.eval()
     epe = zero = 0.0
-    pairs = list(flow_pairs(_HELD_BACK_SEED, 0, num_pairs, size, input_format))
+    pairs = list(flow_pairs(_HELD_BACK_SEED, 0, num_pairs, size, input_format, objects))
     for begin in range(0, num_pairs, 16):
         cur, ref, flow = _batch(pairs[begin : begin + 16])
         target = feature_flow(flow)
@@ -160,12 +171,18 @@ def pretrain_flow(
     seed: int = 0,
     held_back: int = 200,
     log_period: int = 100,
+    background_first: float = 0.4,
 ) -> FlowPretrainResult:
     """
     Train ``flow_net`` on synthetic pairs with FlowNet's multi-scale EPE (module docstring).
 
     Adam at ``lr``, divided by 10 after 2/3 of the iterations; every pair is new (pair
-    ``i`` of ``seed`` is drawn once), so there is nothing to overfit.
+    ``i`` of ``seed`` is drawn once), so there is nothing to overfit. A schedule of data, as
+    FlowNet 2.0 trains on FlyingChairs before FlyingThings3D: the first ``background_first``
+    of the steps see the panning backgrounds alone, then whole scenes. From whole scenes at once
+    the network does not learn within a CPU budget (measured: 3000 steps end within 1% of zero
+    flow's EPE): the objects' motions, up to 35 px on 128-px frames over 10 frames, drown the
+    background's; on backgrounds alone 800 steps take the EPE 39% below zero flow's.
 
     Args:
         flow_net: the network to train (its scale map is not trained).
@@ -177,6 +194,7 @@ def pretrain_flow(
         seed: seed of the training pairs.
         held_back: pairs of their own seed on which the EPE is reported.
         log_period: steps between logged losses.
+        background_first: the share of the steps on backgrounds alone.
 
     Returns:
         FlowPretrainResult
@@ -188,7 +206,10 @@ def pretrain_flow(
     losses, window = [], []
     start = time.perf_counter()
     for step in range(iterations):
-        cur, ref, flow = _batch(flow_pairs(seed, step * batch_size, batch_size, size, input_format))
+        objects = step >= background_first * iterations
+        cur, ref, flow = _batch(
+            flow_pairs(seed, step * batch_size, batch_size, size, input_format, objects)
+        )
         loss, epe = _multiscale_loss(flow_net, cur, ref, flow)
         optimizer.zero_grad()
         loss.backward()
