@@ -38,6 +38,7 @@ Command line (``--help`` lists the options)::
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -393,12 +394,7 @@ def generate_synthetic_dataset(
     """
     _profile(profile)
     output_dir = os.path.abspath(output_dir)
-    if os.path.exists(output_dir):
-        raise FileExistsError(f"{output_dir} exists; generate_synthetic_dataset needs a new folder")
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
-    try:
+    with _new_folder(output_dir, "generate_synthetic_dataset") as tmp:
         manifest = {
             "generator_version": GENERATOR_VERSION,
             "seed": seed,
@@ -441,10 +437,6 @@ def generate_synthetic_dataset(
                 f.write("".join(line + "\n" for line in lines))
         with open(os.path.join(tmp, "synthetic.json"), "w") as f:
             json.dump(manifest, f)
-        os.rename(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info(f"Wrote the synthetic dataset (seed {seed}) to {output_dir}")
     return output_dir
 
@@ -581,12 +573,7 @@ def write_flow_pairs(
         str: ``output_dir``.
     """
     output_dir = os.path.abspath(output_dir)
-    if os.path.exists(output_dir):
-        raise FileExistsError(f"{output_dir} exists; write_flow_pairs needs a new folder")
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
-    try:
+    with _new_folder(output_dir, "write_flow_pairs") as tmp:
         for i in range(num_pairs):
             cur, ref, flow = render_flow_pair(flow_pair_rng(seed, i), size, max_gap)
             stem = os.path.join(tmp, f"{i + 1:05d}")
@@ -596,11 +583,26 @@ def write_flow_pairs(
                 np.float32(202021.25).tofile(f)
                 np.array([size[1], size[0]], np.int32).tofile(f)
                 np.ascontiguousarray(flow.transpose(1, 2, 0), np.float32).tofile(f)
+    return output_dir
+
+
+@contextlib.contextmanager
+def _new_folder(output_dir: str, what: str):
+    """
+    Yield a temporary folder beside ``output_dir`` (which must not exist) to write into; it is
+    renamed to ``output_dir`` when the block ends, and removed if the block raises.
+    """
+    if os.path.exists(output_dir):
+        raise FileExistsError(f"{output_dir} exists; {what} needs a new folder")
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
+    try:
+        yield tmp
         os.rename(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return output_dir
 
 
 def flow_pair_rng(seed: int, index: int) -> np.random.Generator:
