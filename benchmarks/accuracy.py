@@ -202,6 +202,13 @@ def _schedule_lr(cfg) -> float:
     return cfg.SOLVER.BASE_LR * cfg.SOLVER.GAMMA
 
 
+def _online_opts(name: str) -> List:
+    """The config changes of ``name``'s causal variant (``vod_d2.make_online``), as opts."""
+    from vod_d2 import make_online
+
+    return [x for key, (_, new) in make_online(_cfg(name)).items() for x in (key, new)]
+
+
 def _data_opts() -> List:
     return ["DATASETS.TRAIN", str(TRAIN), "DATASETS.TEST", f"('{TEST}',)"]
 
@@ -302,20 +309,23 @@ class _Evaluation:
             ]
         return self._runs[name]
 
-    def differences(self, methods, samples: int) -> Dict:
-        """Per method and baseline: paired_bootstrap on every subset."""
+    def pair(self, name: str, base: str, samples: int) -> Dict:
+        """paired_bootstrap of ``name`` against ``base`` on every subset, as dicts."""
         from vod_d2.evaluation import paired_bootstrap
 
-        out = {}
-        for name in methods:
-            for base in METHODS[name].baselines:
-                if base in methods:
-                    diff = paired_bootstrap(
-                        self.gt, self.runs(name), self.runs(base), self.num_classes,
-                        samples=samples,
-                    )  # fmt: skip
-                    out[f"{name} vs {base}"] = {k: vars(v) for k, v in diff.items()}
-        return out
+        diff = paired_bootstrap(
+            self.gt, self.runs(name), self.runs(base), self.num_classes, samples=samples
+        )
+        return {k: vars(v) for k, v in diff.items()}
+
+    def differences(self, methods, samples: int) -> Dict:
+        """Per method and each of its baselines that ran: :meth:`pair`."""
+        return {
+            f"{name} vs {base}": self.pair(name, base, samples)
+            for name in methods
+            for base in METHODS[name].baselines
+            if base in methods
+        }
 
     def key_frame_maps(self, name: str, compared: Sequence[str]) -> Dict[str, Tuple[float, float]]:
         """
@@ -431,8 +441,30 @@ def main():
     runs = dict(pool.map(fine_tune, jobs))
     finals = {job: _final(history) for job, (_, history) in runs.items()}
     outputs = {job: output for job, (output, _) in runs.items()}
+
+    def evaluate_online(job):
+        """An offline method's fine-tuned weights, run causally (make_online)."""
+        name, seed = job
+        run = outputs[name, seed]
+        opts = _data_opts() + ["MODEL.WEIGHTS", os.path.join(run, "model_final.pth")]
+        opts += _online_opts(name) + (["MODEL.FLOW.WEIGHTS", flows[name]] if name in flows else [])
+        log = os.path.join(args.output, "logs", f"online-{name}-seed{seed}.log")
+        _train(_config(name), os.path.join(run, "online"), opts, args.threads, log, True)
+        return (f"{name} online", seed), os.path.join(run, "online")
+
+    offline = [m for m in methods if _online_opts(m)]
+    outputs.update(pool.map(evaluate_online, [(m, s) for m in offline for s in args.seeds]))
     evaluation = _Evaluation(outputs, args.seeds)
     differences = evaluation.differences(methods, args.samples)
+    for name in offline:
+        differences[f"{name} online vs {name}"] = evaluation.pair(
+            f"{name} online", name, args.samples
+        )
+        base = METHODS[name].baselines[0] if METHODS[name].baselines else None
+        if base in methods:
+            differences[f"{name} online vs {base}"] = evaluation.pair(
+                f"{name} online", base, args.samples
+            )
     key_frames = {
         m: evaluation.key_frame_maps(m, [b for b in METHODS[m].baselines if b in methods])
         for m in methods
