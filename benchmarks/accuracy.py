@@ -356,6 +356,19 @@ class _Evaluation:
         return out
 
 
+def _gates(run: str) -> Dict[str, float]:
+    """The mean of each residual gate's per-channel scale in a run's final weights: how far the
+    temporal modules opened from their identity start (0: closed, 1: the paper's output)."""
+    import torch
+
+    state = torch.load(os.path.join(run, "model_final.pth"), map_location="cpu", weights_only=True)
+    return {
+        k[: -len(".residual_gate.gamma")]: float(v.mean())
+        for k, v in state["model"].items()
+        if k.endswith("residual_gate.gamma")
+    }
+
+
 def _table(rows: List[List[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
@@ -506,6 +519,12 @@ def main():
         for name, maps in key_frames.items():
             cells = ", ".join(f"{m} {key:.1f} / {other:.1f}" for m, (key, other) in maps.items())
             print(f"  {name}'s frames: {cells}")
+    gates = {m: [_gates(outputs[m, s]) for s in args.seeds] for m in methods}
+    print("\nResidual gates after fine-tuning (mean scale over channels, seeds):")
+    for name, per_seed in gates.items():
+        for gate in per_seed[0]:
+            values = " ".join(f"{g[gate]:.2f}" for g in per_seed)
+            print(f"  {name} {gate}: {values}")
     print(f"\nFine-tuning curves (seed {args.curve_seed}, mAP by iteration):")
     for name in methods:
         history = runs[name, args.curve_seed][1]
@@ -525,6 +544,7 @@ def main():
             "warm_starts": {f"{h}/seed{s}": hist for (h, s), (_, hist) in warm.items()},
             "differences": differences,
             "key_frames": key_frames,
+            "gates": gates,
             "iteration0": {
                 f"{m}/{'identity' if i else 'paper'}": r for (m, i), r in iteration0.items()
             },
