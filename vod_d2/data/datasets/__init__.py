@@ -6,7 +6,12 @@ A record is one frame (detectron2's ``list[dict]``, ordered by ``(video_id, fram
     file_name (str), height (int), width (int), image_id (int, unique in the dataset),
     video_id (str, unique in the dataset), frame_idx (int, 0-based), video_length (int),
     annotations: list of {bbox: [x0, y0, x1, y1], bbox_mode: BoxMode.XYXY_ABS,
-                          category_id (contiguous), track_id (-1 if none), occluded, generated}
+                          category_id (contiguous), track_id (-1 if none), occluded, generated,
+                          and where the data gives it visible (float, the visible share)},
+    conditions (tuple of str, only where the data tags the frame, e.g. ("motion_blur",))
+
+``conditions``, ``occluded`` and ``visible`` are what the evaluation by condition reads
+(:mod:`vod_d2.evaluation.conditions`).
 
 A DET still image is a one-frame video. Support frames are found through
 :func:`build_frame_table`, so records carry no lists. Importing this package registers the
