@@ -24,8 +24,8 @@ frames, 120 training videos, the "hard" degradation profile):
    difference.
 
 ``--iteration0`` also evaluates every method at fine-tuning iteration 0 (the warm start
-loaded into it), with and without ``MODEL.VIDEO.IDENTITY_INIT``; ``--second-warm-start``
-trains each head's warm start again with seed 1 and reports how far the two are apart (the
+loaded into it), with and without ``MODEL.VIDEO.IDENTITY_INIT``; ``--second-warm-start HEAD``
+trains that head's warm start again with seed 1 and reports how far the two are apart (the
 baseline's own spread).
 
 Each run is ``train_net.py`` in its own process (``--jobs`` at a time, ``--threads`` torch
@@ -421,7 +421,13 @@ def main():
     parser.add_argument("--curve-seed", type=int, default=0, help="seed whose runs log curves")
     parser.add_argument("--samples", type=int, default=1000, help="bootstrap samples")
     parser.add_argument("--iteration0", action="store_true", help="evaluate every iteration 0")
-    parser.add_argument("--second-warm-start", action="store_true")
+    parser.add_argument(
+        "--second-warm-start",
+        nargs="+",
+        default=[],
+        choices=list(HEADS),
+        help="heads whose warm start is trained again with seed 1, to compare the two",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--output", default=os.path.join(ROOT, "output", "accuracy"))
@@ -437,8 +443,7 @@ def main():
     os.makedirs(os.path.join(args.output, "logs"), exist_ok=True)
     pool = ThreadPoolExecutor(args.jobs)
     heads = sorted({METHODS[m].head for m in methods})
-    warm_seeds = [0, 1] if args.second_warm_start else [0]
-    warm_jobs = [(h, s) for h in heads for s in warm_seeds]
+    warm_jobs = [(h, 0) for h in heads] + [(h, 1) for h in args.second_warm_start]
     warm = dict(zip(warm_jobs, pool.map(lambda job: _warm_start(*job, args), warm_jobs)))
     flows = {m: _pretrained_flow(m, args) for m in methods if METHODS[m].flow}
 
@@ -503,7 +508,7 @@ def main():
     print(f"\nWarm starts (VID mAP on {TEST} during training):")
     for (head, seed), (_, history) in warm.items():
         print(f"  {HEADS[head].config} seed {seed}: {_curve(history)}")
-    for head in heads if args.second_warm_start else ():
+    for head in args.second_warm_start:
         print(f"  {head}: warm start seed 1 - seed 0: {_warm_spread(warm, head)}")
     print(
         f"\nFine-tuning: {args.iters} iterations from the warm starts (VID mAP of each seed; "
