@@ -24,7 +24,7 @@ _SPEED_NAME = {small: method for method, (_, small) in METHODS.items()}
 def _accuracy(path):
     """method -> per-seed VID mAP."""
     with open(path) as f:
-        runs = json.load(f)
+        runs = json.load(f)["runs"]
     maps = defaultdict(list)
     for key, metrics in sorted(runs.items()):
         method, _ = key.rsplit("/seed", 1)
@@ -62,7 +62,7 @@ def main():
         )  # fmt: skip
         ax.annotate(name, (fps, values.mean()), textcoords="offset points", xytext=(6, 4))
     ax.set_xlabel(f"frames per second ({speed['device']}, {speed['size'][0]}x{speed['size'][1]})")
-    ax.set_ylabel("VID mAP on synthetic_vid_val (mean over seeds, bars: range)")
+    ax.set_ylabel("VID mAP on synthetic_bench_vid_val (mean over seeds, bars: range)")
     ax.set_title("vod_d2 methods on the synthetic videos (squares: single-frame baselines)")
     ax.grid(alpha=0.3)
     os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)

@@ -30,9 +30,10 @@ from _streaming import (
 METHODS = {
     "single frame R-FCN": ("single_frame_R101_RFCN", "rfcn"),
     "single frame Faster R-CNN DC5": ("single_frame_R101_DC5", "single_frame"),
-    "SSN": ("ssn_R101_RFCN_deform", "ssn"),
-    "STSN": ("stsn_R101_RFCN_deform", "stsn"),
-    "STMN": ("stmn_R101_RFCN", "stmn"),
+    "SSN": ("ssn_R101_RFCN_deform", "ssn_rfcn"),
+    "STSN": ("stsn_R101_RFCN_deform", "stsn_rfcn"),
+    "STMN": ("stmn_R101_RFCN", "stmn_rfcn"),
+    "STMN (Faster R-CNN DC5)": ("stmn_R101_DC5", "stmn"),
     "LSTS": ("lsts_R101", "lsts"),
     "Impression Network": ("impression_R101", "impression"),
     "DFF": ("dff_R101", "dff"),
