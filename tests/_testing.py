@@ -19,6 +19,26 @@ requires_cuda = pytest.mark.skipif(
 )
 
 
+def synthetic_cfg(name, **opts):
+    """
+    ``configs/synthetic/{name}.yaml`` at the tests' size (64 px frames, 20 proposals, no data
+    loader workers), then ``opts`` (config key -> value) merged.
+    """
+    from detectron2.config import get_cfg
+
+    from vod_d2 import add_vod_config
+
+    cfg = get_cfg()
+    add_vod_config(cfg)
+    cfg.merge_from_file(f"configs/synthetic/{name}.yaml")
+    cfg.INPUT.MIN_SIZE_TEST = 64
+    cfg.INPUT.MIN_SIZE_TRAIN = (64,)
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 20
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.merge_from_list([x for kv in opts.items() for x in kv])
+    return cfg
+
+
 def random_video(num_frames, seed=0, size=(64, 80), output_scale=1):
     """
     A random video in the test loader's format: ``num_frames`` dicts with a (3, H, W) uint8

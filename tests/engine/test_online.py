@@ -2,22 +2,12 @@
 
 import pytest
 import torch
-from _testing import random_video
-from detectron2.config import get_cfg
+from _testing import random_video, synthetic_cfg
 from detectron2.modeling import build_model
 
-from vod_d2 import add_vod_config, make_online
+from vod_d2 import make_online
 
 METHODS = ("stsn", "stmn", "stsn_rfcn", "stmn_rfcn", "sparsevod", "impression", "lsts", "dff")
-
-
-def _cfg(name):
-    cfg = get_cfg()
-    add_vod_config(cfg)
-    cfg.merge_from_file(f"configs/synthetic/{name}.yaml")
-    cfg.INPUT.MIN_SIZE_TEST = 64
-    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 20
-    return cfg
 
 
 def _results_as_frames_arrive(cfg, video):
@@ -31,7 +21,7 @@ def _results_as_frames_arrive(cfg, video):
 @pytest.mark.parametrize("name", METHODS)
 def test_the_online_variant_answers_every_frame_as_it_arrives(name):
     video = random_video(12, seed=2)
-    cfg = _cfg(name)
+    cfg = synthetic_cfg(name)
     if name in ("stsn", "stmn", "stsn_rfcn", "stmn_rfcn", "impression"):
         # The offline variant waits for a look-ahead (SparseVOD's reads frames ahead instead).
         assert _results_as_frames_arrive(cfg, video) != [[t] for t in range(12)]
@@ -42,7 +32,7 @@ def test_the_online_variant_answers_every_frame_as_it_arrives(name):
 
 
 def test_window_methods_keep_their_number_of_frames_in_the_past():
-    cfg = _cfg("stmn")
+    cfg = synthetic_cfg("stmn")
     before, after = cfg.MODEL.VIDEO.TEST_WINDOW
     cfg.TEST.SEQ_NMS.ENABLED = True
     changed = make_online(cfg)

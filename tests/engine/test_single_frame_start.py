@@ -7,11 +7,9 @@ import logging
 
 import pytest
 import torch
-from _testing import random_video
-from detectron2.config import get_cfg
+from _testing import random_video, synthetic_cfg
 from detectron2.modeling import build_model
 
-from vod_d2 import add_vod_config
 from vod_d2.checkpoint import VideoCheckpointer, new_parameter_names
 from vod_d2.engine import run_on_video
 from vod_d2.engine.optimizer import build_optimizer
@@ -33,15 +31,9 @@ METHODS = {
 
 
 def _cfg(name, **opts):
-    cfg = get_cfg()
-    add_vod_config(cfg)
-    cfg.merge_from_file(f"configs/synthetic/{name}.yaml")
-    cfg.INPUT.MIN_SIZE_TEST = 64
-    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 20
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
-    cfg.TEST.DETECTIONS_PER_IMAGE = 20
-    cfg.merge_from_list([x for kv in opts.items() for x in kv])
-    return cfg
+    """The synthetic config at the tests' size, keeping every detection (for comparison)."""
+    opts = {"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0, "TEST.DETECTIONS_PER_IMAGE": 20, **opts}
+    return synthetic_cfg(name, **opts)
 
 
 def _detections(model, video):

@@ -7,24 +7,17 @@ holds the detections of commit ecdcea7 (the last one before the redesign) on the
 the video of :func:`golden_video`; regenerate it only if a change is meant to alter detections.
 """
 
-from _testing import fill_by_name, random_video
-from detectron2.config import get_cfg
+from _testing import fill_by_name, random_video, synthetic_cfg
 from detectron2.modeling import build_model
-
-from vod_d2 import add_vod_config
 
 GOLDEN_CONFIGS = ("single_frame", "ssn", "stsn", "stmn")
 
 
 def golden_cfg(name):
     """The synthetic config ``name`` at test size (64 px frames, 20 proposals, all scores)."""
-    cfg = get_cfg()
-    add_vod_config(cfg)
-    cfg.merge_from_file(f"configs/synthetic/{name}.yaml")
-    cfg.INPUT.MIN_SIZE_TEST = 64
-    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 20
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
-    cfg.TEST.DETECTIONS_PER_IMAGE = 20
+    cfg = synthetic_cfg(
+        name, **{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0, "TEST.DETECTIONS_PER_IMAGE": 20}
+    )
     cfg.MODEL.STMN.MEMORY_CHANNELS = 64  # the synthetic STMN config's width at ecdcea7
     # As the configs were at ecdcea7: no residual gates, STSN's and STMN's test windows then,
     # MatchTrans's paper window.

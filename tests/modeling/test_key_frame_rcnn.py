@@ -4,31 +4,23 @@ import math
 
 import pytest
 import torch
-from _testing import brief_trainer, evaluate_on_synthetic, random_video, trained_losses
-from detectron2.config import get_cfg
+from _testing import (
+    brief_trainer,
+    evaluate_on_synthetic,
+    random_video,
+    synthetic_cfg,
+    trained_losses,
+)
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from vod_d2 import add_vod_config
 from vod_d2.engine import VideoTrainer, run_on_video
 from vod_d2.modeling import KeyFrameRCNN
 from vod_d2.modeling.frames import key_frame_index
 from vod_d2.modeling.temporal.impression import TABLE1_VARIANTS
 
 METHODS = ("lsts", "impression", "dff")
-
-
-def _cfg(method, **overrides):
-    cfg = get_cfg()
-    add_vod_config(cfg)
-    cfg.merge_from_file(f"configs/synthetic/{method}.yaml")
-    cfg.INPUT.MIN_SIZE_TEST = 64
-    cfg.INPUT.MIN_SIZE_TRAIN = (64,)
-    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 20
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.merge_from_list([x for kv in overrides.items() for x in kv])
-    return cfg
 
 
 def _build(cfg):
@@ -59,7 +51,7 @@ def test_key_frame_schedules_of_a_35_frame_video():
 
 
 def test_lsts_runs_the_heavy_path_on_4_of_35_frames_and_each_part_once_per_frame():
-    model = _build(_cfg("lsts"))
+    model = _build(synthetic_cfg("lsts"))
     light = _count(model.backbone, "forward_light")
     rest = _count(model.backbone, "forward_rest")
     non_key = _count(model.key_frames, "non_key_frame")
@@ -71,7 +63,7 @@ def test_lsts_runs_the_heavy_path_on_4_of_35_frames_and_each_part_once_per_frame
 
 
 def test_impression_runs_n_feat_on_4_central_key_frames_and_the_flow_net_per_frame():
-    model = _build(_cfg("impression"))
+    model = _build(synthetic_cfg("impression"))
     n_feat = _count(model.backbone, "forward")
     flow = _count(model.key_frames.flow_net, "forward")
     video = random_video(35, seed=2)
@@ -89,7 +81,7 @@ def test_impression_runs_n_feat_on_4_central_key_frames_and_the_flow_net_per_fra
 
 
 def test_dff_is_online_and_runs_no_impression_flow():
-    model = _build(_cfg("dff"))
+    model = _build(synthetic_cfg("dff"))
     flow = _count(model.key_frames.flow_net, "forward")
     model.reset(None)
     for frame in random_video(12, seed=3):
@@ -99,7 +91,7 @@ def test_dff_is_online_and_runs_no_impression_flow():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_memory_does_not_leak_into_the_next_video(method):
-    model = _build(_cfg(method))
+    model = _build(synthetic_cfg(method))
     # Random weights give low scores: keep every detection.
     model.roi_heads.box_predictor.test_score_thresh = 0.0
     first = [o["instances"] for _, o in run_on_video(model, random_video(14, seed=4), 14)]
@@ -115,7 +107,7 @@ def test_memory_does_not_leak_into_the_next_video(method):
 def test_the_memory_carries_across_segments():
     """The leak test can fail: a later segment's detections depend on earlier key frames."""
     # Randomly initialised (no residual gate): the memory weighs from the first key frame on.
-    model = _build(_cfg("lsts", **{"MODEL.VIDEO.IDENTITY_INIT": False}))
+    model = _build(synthetic_cfg("lsts", **{"MODEL.VIDEO.IDENTITY_INIT": False}))
     model.roi_heads.box_predictor.test_score_thresh = 0.0
     video = random_video(25, seed=6)
     whole = [o["instances"].scores for _, o in run_on_video(model, video, 25)]
@@ -140,7 +132,7 @@ def _triplets(model, offsets, seed=7):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_training_reaches_every_parameter_through_one_graph(method):
-    model = _build(_cfg(method)).train()
+    model = _build(synthetic_cfg(method)).train()
     n_feat = _count(model.backbone, "forward_rest" if method == "lsts" else "forward")
     # An ordinary triplet, an annotated frame that is its own new key frame, a DET image.
     with EventStorage():
@@ -156,7 +148,7 @@ def test_training_reaches_every_parameter_through_one_graph(method):
 
 
 def test_an_annotated_frame_that_is_its_own_new_key_frame_reads_the_keys_task_feature():
-    model = _build(_cfg("impression")).train()
+    model = _build(synthetic_cfg("impression")).train()
     model.key_frames.propagate = lambda target, key: torch.zeros_like(key["task"])
     seen = []
     forward = model.proposal_generator.forward
@@ -173,7 +165,7 @@ def test_an_annotated_frame_that_is_its_own_new_key_frame_reads_the_keys_task_fe
 
 
 def test_lsts_locations_learn_with_their_own_learning_rate():
-    cfg = _cfg("lsts")
+    cfg = synthetic_cfg("lsts")
     model = _build(cfg)
     optimizer = VideoTrainer.build_optimizer(cfg, model)
     rates = {
@@ -194,13 +186,13 @@ def test_lsts_locations_learn_with_their_own_learning_rate():
 
 
 def test_key_frame_configs_refuse_a_wrong_setup():
-    cfg = _cfg("lsts", **{"MODEL.BACKBONE.NAME": "build_rfcn_resnet_backbone"})
+    cfg = synthetic_cfg("lsts", **{"MODEL.BACKBONE.NAME": "build_rfcn_resnet_backbone"})
     with pytest.raises(ValueError, match="must split the ResNet"):
         build_model(cfg)
-    cfg = _cfg("impression", **{"MODEL.KEY_FRAME.POSITION": "middle"})
+    cfg = synthetic_cfg("impression", **{"MODEL.KEY_FRAME.POSITION": "middle"})
     with pytest.raises(ValueError, match="MODEL.KEY_FRAME.POSITION"):
         build_model(cfg)
-    model = _build(_cfg("impression")).train()
+    model = _build(synthetic_cfg("impression")).train()
     batch = _triplets(model, [(-8, -2)])
     batch[0]["support_images"] = batch[0]["support_images"][:1]
     with pytest.raises(ValueError, match="key_frame"):
@@ -208,7 +200,7 @@ def test_key_frame_configs_refuse_a_wrong_setup():
 
 
 def test_impression_per_frame_ablation_makes_every_frame_a_key_frame():
-    cfg = _cfg("impression", **{"MODEL.IMPRESSION.SPARSE_FEATURE": False})
+    cfg = synthetic_cfg("impression", **{"MODEL.IMPRESSION.SPARSE_FEATURE": False})
     cfg.MODEL.IMPRESSION.MEMORY = False
     cfg.MODEL.IMPRESSION.QUALITY_AWARE = False
     model = _build(cfg)
@@ -220,7 +212,7 @@ def test_impression_per_frame_ablation_makes_every_frame_a_key_frame():
 @pytest.mark.usefixtures("synthetic_datasets")
 @pytest.mark.parametrize("method", METHODS)
 def test_synthetic_configs_train_and_evaluate_on_cpu(method, tmp_path):
-    cfg = _cfg(method)
+    cfg = synthetic_cfg(method)
     trainer = brief_trainer(cfg, tmp_path)
     trainer.train()
     assert len(trained_losses(trainer)) == 2
@@ -229,7 +221,7 @@ def test_synthetic_configs_train_and_evaluate_on_cpu(method, tmp_path):
 
 @pytest.mark.parametrize("row", sorted(TABLE1_VARIANTS))
 def test_impression_table1_rows_build_and_train_a_step(row):
-    cfg = _cfg("impression")
+    cfg = synthetic_cfg("impression")
     for key, value in TABLE1_VARIANTS[row].items():
         cfg.MODEL.IMPRESSION[key] = value
     model = _build(cfg).train()
@@ -257,7 +249,7 @@ def test_impression_table1_rows_build_and_train_a_step(row):
     ],
 )
 def test_lsts_ablation_switches_build_and_train_a_step(switches):
-    cfg = _cfg("lsts")
+    cfg = synthetic_cfg("lsts")
     for key, value in switches.items():
         cfg.MODEL.LSTS[key] = value
     model = _build(cfg).train()
