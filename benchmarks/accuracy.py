@@ -332,7 +332,7 @@ class _Evaluation:
         The mAP of ``name`` and of each ``compared`` method on ``name``'s key frames and on its
         other frames (means over seeds): what propagation from a key frame costs.
         """
-        from vod_d2.evaluation import match_detections, mean_over_classes
+        from vod_d2.evaluation.vid_evaluation import match_detections, mean_over_classes
         from vod_d2.modeling.frames import key_frame_index
 
         cfg = _cfg(name)

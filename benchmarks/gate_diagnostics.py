@@ -1,0 +1,76 @@
+"""
+What a trained video method's residual gates (``MODEL.VIDEO.IDENTITY_INIT``) let through: its
+test-set mAP, per condition, with the gates as trained, closed (every ``gamma`` 0: the
+single-frame detector its fine-tuned weights make) and fully open (every ``gamma`` 1: the
+paper's module output on the same weights). The gap between closed and open is what the
+temporal modules learned; how far the trained gates sit from both is how much of it is used.
+
+    python benchmarks/gate_diagnostics.py --config-file configs/synthetic/stsn_rfcn.yaml \\
+        MODEL.WEIGHTS output/accuracy/runs/stsn_rfcn-.../seed0/model_final.pth
+"""
+
+import argparse
+import json
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from vod_d2 import add_vod_config
+from vod_d2.engine import VideoTrainer
+from vod_d2.modeling.temporal.gate import ResidualGate
+
+# setting -> the value every gate's gamma is set to (None: as trained).
+SETTINGS = {"trained": None, "closed": 0.0, "open": 1.0}
+
+
+def _gates(model):
+    return [m for m in model.modules() if isinstance(m, ResidualGate)]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--json", help="also write the numbers to this file")
+    parser.add_argument("opts", nargs="...", help="config overrides KEY VALUE ...")
+    args = parser.parse_args()
+
+    cfg = get_cfg()
+    add_vod_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.TEST.VID_EVAL.DUMP_DETECTIONS = False
+    if not cfg.MODEL.WEIGHTS:
+        parser.error("give the trained weights: MODEL.WEIGHTS path/to/model_final.pth")
+    model = build_model(cfg).eval()
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    gates = _gates(model)
+    if not gates:
+        parser.error(f"{args.config_file} has no residual gate (MODEL.VIDEO.IDENTITY_INIT False?)")
+    trained = [g.gamma.detach().clone() for g in gates]
+    print("gates (mean / largest |gamma| over channels): " + ", ".join(
+        f"{g.gamma.mean():.3f} / {g.gamma.abs().max():.3f}" for g in gates
+    ))  # fmt: skip
+
+    results = {}
+    for setting in args.settings:
+        value = SETTINGS[setting]
+        with torch.no_grad():
+            for gate, gamma in zip(gates, trained):
+                gate.gamma.copy_(gamma if value is None else torch.full_like(gamma, value))
+        metrics = VideoTrainer.test(cfg, model)[cfg.DATASETS.TEST[0]]["bbox"]
+        results[setting] = {k: v for k, v in metrics.items() if k.startswith("mAP")}
+    keys = list(results[args.settings[0]])
+    print(f"{'gates':<10}" + "".join(f"{k:>16}" for k in keys))
+    for setting, metrics in results.items():
+        print(f"{setting:<10}" + "".join(f"{metrics[k]:>16.1f}" for k in keys))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
