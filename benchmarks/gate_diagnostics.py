@@ -1,9 +1,10 @@
 """
 What a trained video method's residual gates (``MODEL.VIDEO.IDENTITY_INIT``) let through: its
-test-set mAP, per condition, with the gates as trained, closed (every ``gamma`` 0: the
-single-frame detector its fine-tuned weights make) and fully open (every ``gamma`` 1: the
-paper's module output on the same weights). The gap between closed and open is what the
-temporal modules learned; how far the trained gates sit from both is how much of it is used.
+test-set mAP, per condition, with every gate's ``gamma`` set to each of ``--gammas`` (0: the
+single-frame detector its fine-tuned weights make, closed; 1: the paper's module output on the
+same weights, fully open) and, with ``--trained``, as trained. The gap between closed and open
+is what the temporal modules learned; how far the trained gates sit from both is how much of it
+is used.
 
     python benchmarks/gate_diagnostics.py --config-file configs/synthetic/stsn_rfcn.yaml \\
         MODEL.WEIGHTS output/accuracy/runs/stsn_rfcn-.../seed0/model_final.pth
@@ -21,9 +22,6 @@ from vod_d2 import add_vod_config
 from vod_d2.engine import VideoTrainer
 from vod_d2.modeling.temporal.gate import ResidualGate
 
-# setting -> the value every gate's gamma is set to (None: as trained).
-SETTINGS = {"trained": None, "closed": 0.0, "open": 1.0}
-
 
 def _gates(model):
     return [m for m in model.modules() if isinstance(m, ResidualGate)]
@@ -32,7 +30,10 @@ def _gates(model):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--config-file", required=True)
-    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    parser.add_argument(
+        "--gammas", nargs="+", type=float, default=[0.0, 1.0], help="every gate's gamma set to each"
+    )
+    parser.add_argument("--trained", action="store_true", help="also evaluate the gates as trained")
     parser.add_argument("--json", help="also write the numbers to this file")
     parser.add_argument("opts", nargs="...", help="config overrides KEY VALUE ...")
     args = parser.parse_args()
@@ -56,17 +57,17 @@ def main():
     ))  # fmt: skip
 
     results = {}
-    for setting in args.settings:
-        value = SETTINGS[setting]
+    for value in ([None] if args.trained else []) + args.gammas:
         with torch.no_grad():
             for gate, gamma in zip(gates, trained):
                 gate.gamma.copy_(gamma if value is None else torch.full_like(gamma, value))
         metrics = VideoTrainer.test(cfg, model)[cfg.DATASETS.TEST[0]]["bbox"]
+        setting = "trained" if value is None else f"gamma={value:g}"
         results[setting] = {k: v for k, v in metrics.items() if k.startswith("mAP")}
-    keys = list(results[args.settings[0]])
-    print(f"{'gates':<10}" + "".join(f"{k:>16}" for k in keys))
+    keys = list(next(iter(results.values())))
+    print(f"{'gates':<12}" + "".join(f"{k:>16}" for k in keys))
     for setting, metrics in results.items():
-        print(f"{setting:<10}" + "".join(f"{metrics[k]:>16.1f}" for k in keys))
+        print(f"{setting:<12}" + "".join(f"{metrics[k]:>16.1f}" for k in keys))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
