@@ -14,11 +14,8 @@ import argparse
 import json
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
+from stsn_diagnostics import load_trained
 
-from vod_d2 import add_vod_config
 from vod_d2.engine import VideoTrainer
 from vod_d2.modeling.temporal.gate import ResidualGate
 
@@ -38,16 +35,9 @@ def main():
     parser.add_argument("opts", nargs="...", help="config overrides KEY VALUE ...")
     args = parser.parse_args()
 
-    cfg = get_cfg()
-    add_vod_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.TEST.VID_EVAL.DUMP_DETECTIONS = False
-    if not cfg.MODEL.WEIGHTS:
+    if not any(key == "MODEL.WEIGHTS" for key in args.opts[::2]):
         parser.error("give the trained weights: MODEL.WEIGHTS path/to/model_final.pth")
-    model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    cfg, model = load_trained(args)
     gates = _gates(model)
     if not gates:
         parser.error(f"{args.config_file} has no residual gate (MODEL.VIDEO.IDENTITY_INIT False?)")

@@ -22,7 +22,9 @@ from vod_d2.engine import VideoTrainer
 _KERNEL_CENTRE = 1
 
 
-def _load(args, window=None):
+def load_trained(args, window=None):
+    """The config (``args.config_file`` and ``args.opts``, on CPU) and its trained model in eval
+    mode, the test window set to ``window`` if given."""
     cfg = get_cfg()
     add_vod_config(cfg)
     cfg.merge_from_file(args.config_file)
@@ -51,7 +53,7 @@ def main():
     parser.add_argument("opts", nargs="...", help="config overrides KEY VALUE ...")
     args = parser.parse_args()
 
-    cfg, model = _load(args)
+    cfg, model = load_trained(args)
     module = model.temporal_aggregation
     weights, offsets = [], []
     aggregate, sample = module.aggregate, module.sampling.forward
@@ -70,7 +72,7 @@ def main():
     window = VideoTrainer.test(cfg, model)[cfg.DATASETS.TEST[0]]["bbox"]
     weights = torch.cat([w.flatten(2) for w in weights])  # (frames, 1 + S, H * W)
     reference = weights[:, 0]
-    _, alone_model = _load(args, window=(0, 0))
+    _, alone_model = load_trained(args, window=(0, 0))
     alone = VideoTrainer.test(cfg, alone_model)[cfg.DATASETS.TEST[0]]["bbox"]
     result = {
         "frames": weights.shape[0],
