@@ -10,6 +10,8 @@ the reference alone (the same weights, TEST_WINDOW (0, 0)).
 
 import argparse
 import json
+import os
+import sys
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -17,6 +19,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from vod_d2 import add_vod_config
+from vod_d2.checkpoint import resolve_weights
 from vod_d2.engine import VideoTrainer
 
 _KERNEL_CENTRE = 1
@@ -33,8 +36,12 @@ def load_trained(args, window=None):
     cfg.TEST.VID_EVAL.DUMP_DETECTIONS = False
     if window is not None:
         cfg.MODEL.VIDEO.TEST_WINDOW = window
+    try:
+        weights = resolve_weights(cfg.MODEL.WEIGHTS)
+    except FileNotFoundError as e:
+        raise SystemExit(f"{os.path.basename(sys.argv[0])}: error: {e}") from None
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    DetectionCheckpointer(model).load(weights)
     return cfg, model
 
 
