@@ -3,7 +3,12 @@ Helpers shared by the test modules (importable as ``_testing``: pytest puts ``te
 path for its conftest).
 """
 
+import os
+import shlex
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +22,45 @@ requires_cuda = pytest.mark.skipif(
     not (torch.cuda.is_available() and _ext.extension_has_cuda()),
     reason="needs a GPU and vod_d2._C built with CUDA",
 )
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_python(folder):
+    """
+    ``folder/bin/python``, made if missing: the README's ``python`` for commands run with
+    ``folder/bin`` first on the PATH (see :func:`run_readme_command`). It runs the interpreter
+    running the tests with its virtualenv: a script that execs ``sys.executable``, because a
+    symlink to a virtualenv's python outside the virtualenv's ``bin/`` finds no ``pyvenv.cfg``
+    beside it and runs the base interpreter, without the virtualenv's packages.
+    """
+    python = Path(folder) / "bin" / "python"
+    if not python.exists():
+        python.parent.mkdir(parents=True, exist_ok=True)
+        python.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+        python.chmod(0o755)
+    return python
+
+
+def run_readme_command(folder, command, timeout=300):
+    """
+    A bash command line as the README writes it (``python train_net.py ...``), run from
+    ``folder`` with :func:`readme_python` first on the PATH, the repository on the PYTHONPATH
+    and one OpenMP thread per process; the ``subprocess.CompletedProcess`` (text output).
+    """
+    env = {
+        **os.environ,
+        "PATH": f"{readme_python(folder).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(REPO_ROOT),
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.run(
+        ["bash", "-c", command],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def synthetic_cfg(name, **opts):

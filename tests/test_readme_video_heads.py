@@ -4,16 +4,13 @@ two stages on the model zoo's R50-FPN config, then the user's own aggregation (t
 WindowMax, in a module of the user's) through the README's script, under two processes.
 """
 
-import os
 import re
 import shlex
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from _testing import FPN_AGGREGATIONS, TINY_FPN
+from _testing import FPN_AGGREGATIONS, TINY_FPN, run_readme_command
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Video heads in your detectron2 model"
@@ -45,7 +42,7 @@ def _commands(block):
 def project(tmp_path_factory, synthetic_datasets):
     """
     A folder as the README's user has it: train_net.py, their my_method.py (the README's
-    WindowMax) and train_my_method.py next to it, and `python` on the PATH.
+    WindowMax) and train_my_method.py next to it.
     """
     folder = tmp_path_factory.mktemp("video_heads")
     shutil.copy(REPO_ROOT / "train_net.py", folder)
@@ -58,26 +55,11 @@ def project(tmp_path_factory, synthetic_datasets):
     (script,) = _readme_blocks("python")
     assert script.startswith("# train_my_method.py")
     (folder / "train_my_method.py").write_text(script)
-    (folder / "bin").mkdir()
-    os.symlink(sys.executable, folder / "bin" / "python")
     return folder
 
 
-def _run(project, command, timeout=600):
-    env = {
-        **os.environ,
-        "PATH": f"{project / 'bin'}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(REPO_ROOT),
-        "OMP_NUM_THREADS": "1",
-    }
-    run = subprocess.run(
-        ["bash", "-c", command],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def _run(project, command):
+    run = run_readme_command(project, command, timeout=600)
     assert run.returncode == 0, f"{command}\n{run.stderr[-3000:]}"
     return run
 

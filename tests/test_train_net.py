@@ -8,12 +8,11 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _testing import run_readme_command
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
@@ -109,41 +108,11 @@ def project(tmp_path_factory):
         with open(folder / "annotations" / f"{split}.json", "w") as f:
             json.dump(data, f)
     (folder / "my_datasets.yaml").write_text(README_DATASETS_FILE)
-    # `python` as the README writes it: this interpreter. Not a symlink to sys.executable: a
-    # virtualenv's python reached through a link outside the virtualenv's bin/ finds no
-    # pyvenv.cfg beside it and runs the base interpreter, without the virtualenv's packages.
-    (folder / "bin").mkdir()
-    python = folder / "bin" / "python"
-    python.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
-    python.chmod(0o755)
     return folder
 
 
-def _run(project, command, timeout=300):
-    env = {
-        **os.environ,
-        "PATH": f"{project / 'bin'}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(REPO_ROOT),
-        "OMP_NUM_THREADS": "1",
-    }
-    return subprocess.run(
-        ["bash", "-c", command],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def test_readme_python_is_the_interpreter_running_the_tests(project):
-    run = _run(project, "python -c 'import sys; print(sys.prefix, sys.executable)'")
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == [sys.prefix, sys.executable]
-
-
 def test_readme_custom_data_example_trains_and_evaluates(project):
-    run = _run(project, f"{README_COMMAND} {TINY}")
+    run = run_readme_command(project, f"{README_COMMAND} {TINY}")
     assert run.returncode == 0, run.stderr[-3000:]
     output = project / "output" / "my_videos"
     assert (output / "model_final.pth").is_file()
@@ -167,7 +136,7 @@ def test_every_process_of_a_multi_process_run_reads_the_datasets_file(project):
         )
         + " MODEL.DEVICE cpu"
     )
-    run = _run(project, command)
+    run = run_readme_command(project, command)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (
         "VID evaluation of 'my_videos_val'" in (project / "output" / "two" / "log.txt").read_text()
@@ -235,7 +204,9 @@ def test_eval_only_of_a_from_scratch_config_needs_weights_in_one_line(project, t
     torch.save({"model": {}}, "weights.pth")
     train_net.check(_args("MODEL.WEIGHTS", "weights.pth", eval_only=True))  # a checkpoint
     # From the command line: one line, no traceback, nothing launched.
-    run = _run(project, README_COMMAND.replace("train_net.py", "train_net.py --eval-only"))
+    run = run_readme_command(
+        project, README_COMMAND.replace("train_net.py", "train_net.py --eval-only")
+    )
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines()[-1] == (
         "train_net.py: error: --eval-only needs trained weights, but MODEL.WEIGHTS is empty in "
@@ -305,7 +276,9 @@ def test_data_errors_are_one_line_before_anything_is_written(
     datasets = _broken_copy(project, tmp_path, edit)
     output = tmp_path / "output"
     command = README_COMMAND.replace("train_net.py", f"train_net.py --num-gpus {num_gpus}")
-    run = _run(project, f"{command} {TINY} DATASETS.FILE {datasets} OUTPUT_DIR {output}")
+    run = run_readme_command(
+        project, f"{command} {TINY} DATASETS.FILE {datasets} OUTPUT_DIR {output}"
+    )
     first = json.loads((tmp_path / "annotations" / "train.json").read_text())["images"][0]
     assert _one_line_error(run) == "train_net.py: error: " + error.format(
         annotations=tmp_path / "annotations", frames=tmp_path / "frames", first=first["file_name"]
@@ -351,7 +324,7 @@ def test_a_frame_unreadable_while_training_is_one_line_and_leaves_no_run(project
         with open(frame, "r+b") as f:
             f.write(b"\0" * 64)
     output = tmp_path / "output"
-    run = _run(
+    run = run_readme_command(
         project,
         f"python train_net.py --config-file configs/synthetic/single_frame.yaml {TINY} "
         f"DATASETS.FILE {datasets} DATASETS.TRAIN '(\"vid_train\",)' "
@@ -365,13 +338,13 @@ def test_a_frame_unreadable_while_training_is_one_line_and_leaves_no_run(project
 
 
 def test_config_mistakes_are_one_line(project, train_net, tmp_path, monkeypatch):
-    run = _run(project, "python train_net.py")
+    run = run_readme_command(project, "python train_net.py")
     assert _one_line_error(run) == (
         "train_net.py: error: no config file: give one with --config-file, e.g. `python "
         "train_net.py --config-file configs/synthetic/single_frame.yaml` (--help lists the "
         "options)"
     )
-    run = _run(project, f"{README_COMMAND} MODEL.ROI_HEADS.NUM_CLASES 3")
+    run = run_readme_command(project, f"{README_COMMAND} MODEL.ROI_HEADS.NUM_CLASES 3")
     assert _one_line_error(run).startswith(
         "train_net.py: error: MODEL.ROI_HEADS.NUM_CLASES is not a config key (did you mean "
         "'MODEL.ROI_HEADS.NUM_CLASSES'"
