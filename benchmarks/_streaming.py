@@ -11,7 +11,7 @@ from _memory import CpuPeak, CudaPeak, release_freed_memory
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from vod_d2 import add_vod_config
+from vod_d2 import add_vod_config, engine
 from vod_d2.engine import run_on_video
 
 
@@ -27,11 +27,9 @@ def add_arguments(parser, default_config):
 
 
 def load_config(args):
-    """The config of ``--config-file`` with the overrides, on ``--device``."""
-    cfg = get_cfg()
-    add_vod_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    """The config of ``--config-file`` with the overrides (its datasets file registered), on
+    ``--device``."""
+    cfg = engine.load_config(args.config_file, args.opts, register_datasets=True)
     cfg.MODEL.DEVICE = args.device
     return cfg
 

@@ -28,13 +28,24 @@ loaded into it), with and without ``MODEL.VIDEO.IDENTITY_INIT``; ``--second-warm
 trains that head's warm start again with seed 1 and reports how far the two are apart (the
 baseline's own spread).
 
+**Your own videos.** ``--datasets-file F --train NAME... --test NAME`` runs the same protocol on
+datasets declared in a datasets file (``DATASETS.FILE``, as ``train_net.py`` takes it): the
+warm starts train on every ``--train`` dataset, the fine-tuning on the first (the videos; DET
+stills join the warm start only), and ``--opts KEY VALUE ...`` adds the config options the data
+needs (``MODEL.ROI_HEADS.NUM_CLASSES``, input sizes) to every run. Every table prints the GT
+subsets the test set has: without blur or occlusion tags, those columns are left out (one line
+says which). Without these options, the benchmark split.
+
 Each run is ``train_net.py`` in its own process (``--jobs`` at a time, ``--threads`` torch
 threads each). Finished runs are kept under ``--output``, named after a hash of everything
-they depend on (config chain, options, warm start, data version); a rerun reuses them. A change
+they depend on (config chain, options, warm start, the datasets: their names, the datasets
+file, their records, the synthetic generator's version); a rerun reuses them. A change
 of code is not seen: delete ``--output`` after one.
 
     python benchmarks/accuracy.py                                   # every default method
     python benchmarks/accuracy.py --methods rfcn stsn_rfcn ssn_rfcn --seeds 0 1 2
+    python benchmarks/accuracy.py --methods rfcn stmn_rfcn --datasets-file my_datasets.yaml \
+        --train my_vid_train my_det_train --test my_vid_val --opts MODEL.ROI_HEADS.NUM_CLASSES 30
 """
 
 import argparse
@@ -53,6 +64,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs", "synthetic")
+# The benchmark split: video training set first (the fine-tuning's), then the DET stills.
 TRAIN = ("synthetic_bench_vid_train", "synthetic_bench_det_train")
 TEST = "synthetic_bench_vid_val"
 SUBSETS = ("all", "clean", "motion_blur", "defocus", "occluded", "degraded")
@@ -76,6 +88,43 @@ class Method:
     baselines: Tuple[str, ...] = ()  # compared with, seed by seed; the first is the single frame
     flow: bool = False  # starts its flow network from the synthetic flow pretraining
     default: bool = True  # in the default set
+
+
+@dataclass(frozen=True)
+class Data:
+    """The datasets every run trains and tests on, and the config options they need."""
+
+    file: str  # DATASETS.FILE: "" for the built-in datasets only, else an absolute path
+    train: Tuple[str, ...]  # the warm starts' datasets; the fine-tuning's is the first
+    test: str
+    opts: Tuple[str, ...]  # KEY VALUE ... added to every run
+
+    def run_opts(self, train: Sequence[str]) -> List[str]:
+        """Config options of a run that trains on ``train`` and tests on the test set."""
+        return [
+            "DATASETS.FILE", self.file, "DATASETS.TRAIN", str(tuple(train)),
+            "DATASETS.TEST", f"('{self.test}',)", *self.opts,
+        ]  # fmt: skip
+
+    def key(self) -> str:
+        """
+        What every run's results depend on in the data: the names, the options, the datasets
+        file's text, each dataset's records (annotations and frame files, as loaded) and the
+        synthetic generator's version.
+        """
+        from detectron2.data import DatasetCatalog
+
+        from vod_d2.data import synthetic
+
+        h = hashlib.sha1(repr((self.train, self.test, self.opts)).encode())
+        h.update(f"generator {synthetic.GENERATOR_VERSION}".encode())
+        if self.file:
+            with open(self.file, "rb") as f:
+                h.update(f.read())
+        for name in dict.fromkeys((*self.train, self.test)):
+            records = json.dumps(DatasetCatalog.get(name), sort_keys=True, default=str)
+            h.update(records.encode())
+        return h.hexdigest()[:10]
 
 
 HEADS = {
@@ -110,16 +159,9 @@ def _config(name: str) -> str:
     return os.path.join(CONFIGS, f"{name}.yaml")
 
 
-def _data_version() -> str:
-    """What the benchmark split depends on: the generator's version and options."""
-    from vod_d2.data import synthetic
-
-    return f"{synthetic.GENERATOR_VERSION}{sorted(synthetic.BENCHMARK_OPTIONS.items())}"
-
-
-def _digest(name: str, extra: Sequence[str]) -> str:
+def _digest(name: str, data_key: str, extra: Sequence[str]) -> str:
     """A short hash of the config ``name``, its ``_BASE_`` chain, the data and ``extra``."""
-    h = hashlib.sha1("\0".join([_data_version(), *map(str, extra)]).encode())
+    h = hashlib.sha1("\0".join([data_key, *map(str, extra)]).encode())
     path = _config(name)
     while path:
         with open(path, "rb") as f:
@@ -209,17 +251,13 @@ def _online_opts(name: str) -> List:
     return [x for key, (_, new) in make_online(_cfg(name)).items() for x in (key, new)]
 
 
-def _data_opts() -> List:
-    return ["DATASETS.TRAIN", str(TRAIN), "DATASETS.TEST", f"('{TEST}',)"]
-
-
 def _warm_start(head: str, seed: int, args) -> Tuple[str, Dict]:
     """Train (once) the single-frame detector of ``head``; return its checkpoint and history."""
     spec = HEADS[head]
     iters = args.warm_iters or spec.iters
-    key = _digest(spec.config, ["warm", iters, seed])
+    key = _digest(spec.config, args.data_key, ["warm", iters, seed])
     output = os.path.join(args.output, "warm_start", f"{spec.config}-{iters}-s{seed}-{key}")
-    opts = _data_opts() + [
+    opts = args.data.run_opts(args.data.train) + [
         "SOLVER.MAX_ITER", iters, "SOLVER.STEPS", f"({int(iters * 0.75)},)",
         "TEST.EVAL_PERIOD", iters // 8, "SEED", seed,
     ]  # fmt: skip
@@ -254,8 +292,7 @@ def _fine_tune_opts(args, name: str, seed: int, warm: str, flow: Optional[str]) 
     """Every method's fine-tuning (module docstring, step 3)."""
     head = HEADS[METHODS[name].head]
     lr = _schedule_lr(_cfg(head.config))
-    opts = ["DATASETS.TRAIN", f"('{TRAIN[0]}',)", "DATASETS.TEST", f"('{TEST}',)"]
-    opts += [
+    opts = args.data.run_opts(args.data.train[:1]) + [
         "MODEL.WEIGHTS", warm, "SOLVER.MAX_ITER", args.iters, "SOLVER.STEPS", "()",
         "SOLVER.BASE_LR", lr, "SOLVER.WARMUP_ITERS", min(50, args.iters // 10),
         "SOLVER.NEW_MODULE_LR_FACTOR", args.new_module_lr_factor,
@@ -268,11 +305,11 @@ def _fine_tune_opts(args, name: str, seed: int, warm: str, flow: Optional[str]) 
     return opts
 
 
-def _detections(run: str, gt, image_index: Dict[int, int]):
-    """The dumped detections of a run as a FrameDetections."""
+def _detections(run: str, test: str, image_index: Dict[int, int]):
+    """The dumped detections of a run on the dataset ``test`` as a FrameDetections."""
     from vod_d2.evaluation import FrameDetections
 
-    path = os.path.join(run, "inference", TEST, f"{TEST}_detections.json")
+    path = os.path.join(run, "inference", test, f"{test}_detections.json")
     with open(path) as f:
         rows = json.load(f)
     boxes = np.array([r["bbox"] for r in rows], np.float64).reshape(-1, 4)
@@ -288,24 +325,37 @@ def _detections(run: str, gt, image_index: Dict[int, int]):
 class _Evaluation:
     """The validation set's ground truth and the runs' dumped detections, loaded once."""
 
-    def __init__(self, outputs: Dict, seeds: Sequence[int]):
+    def __init__(self, test: str, outputs: Dict, seeds: Sequence[int]):
         from detectron2.data import DatasetCatalog, MetadataCatalog
 
-        import vod_d2  # noqa: F401  (registers the datasets)
         from vod_d2.evaluation import ground_truth_from_records
 
-        self.num_classes = len(MetadataCatalog.get(TEST).thing_classes)
-        self.records = DatasetCatalog.get(TEST)
-        self.gt, _ = ground_truth_from_records(self.records, self.num_classes, TEST)
+        self.test = test
+        self.num_classes = len(MetadataCatalog.get(test).thing_classes)
+        self.records = DatasetCatalog.get(test)
+        self.gt, _ = ground_truth_from_records(self.records, self.num_classes, test)
         self.index = {int(i): f for f, i in enumerate(self.gt.image_ids)}
         self.outputs, self.seeds = outputs, seeds
         self._runs = {}
+
+    def subsets(self) -> Tuple[List[str], Dict[str, int]]:
+        """
+        The subsets of :data:`SUBSETS` and :data:`MOTION` the test set has ground truth in, in
+        that order, and each subset's number of GT boxes (0 for those it has none in).
+        """
+        from vod_d2.evaluation import FrameDetections
+        from vod_d2.evaluation.vid_evaluation import match_detections
+
+        none = FrameDetections(frame=[], boxes=[], scores=[], classes=[])
+        found = match_detections(self.gt, none, self.num_classes).subsets()
+        counts = {k: int(found[k][2].sum()) if k in found else 0 for k in SUBSETS + MOTION}
+        return [k for k, n in counts.items() if n], counts
 
     def runs(self, name: str):
         """Each seed's detections of method ``name``."""
         if name not in self._runs:
             self._runs[name] = [
-                _detections(self.outputs[name, s], self.gt, self.index) for s in self.seeds
+                _detections(self.outputs[name, s], self.test, self.index) for s in self.seeds
             ]
         return self._runs[name]
 
@@ -374,27 +424,37 @@ def _table(rows: List[List[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 
-def _metric_table(methods, seeds, finals) -> str:
-    rows = [["method", *[f"s{s}" for s in seeds], *SUBSETS[1:], *MOTION, "AP50", "AP75", "AP"]]
+def _metric_table(methods, seeds, finals, subsets: Sequence[str]) -> str:
+    """Each method's mAP per seed, and the means over seeds on ``subsets`` (but "all")."""
+    columns = [k for k in subsets if k != "all"]
+    rows = [["method", *[f"s{s}" for s in seeds], *columns, "AP50", "AP75", "AP"]]
     for name in methods:
         maps = [finals[name, s] for s in seeds]
-        mean = {k: np.mean([m.get(k, np.nan) for m in maps]) for k in maps[0]}
+        mean = {k: np.mean([m[k] for m in maps]) for k in maps[0]}
         row = [name, *[f"{m['mAP']:.1f}" for m in maps]]
-        row += [f"{mean.get(f'mAP_{k}', np.nan):.1f}" for k in SUBSETS[1:] + MOTION]
+        row += [f"{mean[f'mAP_{k}']:.1f}" for k in columns]
         row += [f"{mean.get(k, np.nan):.1f}" for k in ("AP50", "AP75", "AP")]
         rows.append(row)
     return _table(rows)
 
 
-def _difference_table(differences: Dict) -> str:
-    rows = [["pair", *SUBSETS]]
-    for pair, subsets in differences.items():
+def _difference_table(differences: Dict, subsets: Sequence[str]) -> str:
+    """Each pair's paired difference and interval on the ``subsets`` of SUBSETS."""
+    columns = [k for k in SUBSETS if k in subsets]
+    rows = [["pair", *columns]]
+    for pair, by_subset in differences.items():
         cells = []
-        for k in SUBSETS:
-            d = subsets[k]
+        for k in columns:
+            d = by_subset[k]
             cells.append(f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]")
         rows.append([pair, *cells])
     return _table(rows)
+
+
+def _present(metrics: Dict, absent: Sequence[str]) -> Dict:
+    """``metrics`` without the entries of the ``absent`` subsets (``mAP_k``, ``num_gt_k``)."""
+    dropped = {f"{prefix}_{k}" for k in absent for prefix in ("mAP", "num_gt")}
+    return {k: v for k, v in metrics.items() if k not in dropped}
 
 
 def _curve(history: Dict, key: str = "mAP") -> str:
@@ -402,11 +462,32 @@ def _curve(history: Dict, key: str = "mAP") -> str:
     return ", ".join(f"{it}: {m[key]:.1f}" for it, m in evals)
 
 
-def _warm_spread(warm, head: str) -> str:
-    """The seed-1 warm start of ``head`` minus the seed-0 one, per subset."""
+def _warm_spread(warm, head: str, subsets: Sequence[str]) -> str:
+    """The seed-1 warm start of ``head`` minus the seed-0 one, on the ``subsets`` of SUBSETS."""
     a, b = (_final(warm[head, s][1]) for s in (0, 1))
-    keys = {k: "mAP" if k == "all" else f"mAP_{k}" for k in SUBSETS}
+    keys = {k: "mAP" if k == "all" else f"mAP_{k}" for k in SUBSETS if k in subsets}
     return ", ".join(f"{k} {b[key] - a[key]:+.1f}" for k, key in keys.items())
+
+
+def _check_data(data: Data, methods: Sequence[str]) -> None:
+    """
+    Before any run: every config of ``methods`` and of their heads takes ``data``'s options,
+    and the datasets are registered, have the model's class count and load.
+
+    Raises:
+        ValueError, FileNotFoundError: train_net.py's one-line errors, naming the config.
+    """
+    from vod_d2.data import check_dataset_contents, check_datasets
+    from vod_d2.engine import load_config
+
+    configs = dict.fromkeys([HEADS[METHODS[m].head].config for m in methods] + list(methods))
+    for name in configs:
+        try:
+            cfg = load_config(_config(name), data.run_opts(data.train), register_datasets=True)
+            check_datasets(cfg)
+        except ValueError as e:
+            raise ValueError(f"{name}.yaml with the data's options: {e}") from None
+    check_dataset_contents(cfg)
 
 
 def main():
@@ -428,6 +509,19 @@ def main():
         choices=list(HEADS),
         help="heads whose warm start is trained again with seed 1, to compare the two",
     )
+    parser.add_argument(
+        "--datasets-file", default="", help="a datasets file declaring --train and --test"
+    )
+    parser.add_argument(
+        "--train",
+        nargs="+",
+        default=list(TRAIN),
+        help="warm-start datasets, the videos first (the fine-tuning's)",
+    )
+    parser.add_argument("--test", default=TEST, help="the evaluation dataset")
+    parser.add_argument(
+        "--opts", nargs="+", default=[], help="config options KEY VALUE ... of every run"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--output", default=os.path.join(ROOT, "output", "accuracy"))
@@ -439,6 +533,13 @@ def main():
     for name in methods:
         if not os.path.isfile(_config(name)):
             parser.error(f"no config {_config(name)}")
+    datasets_file = os.path.abspath(args.datasets_file) if args.datasets_file else ""
+    args.data = Data(datasets_file, tuple(args.train), args.test, tuple(args.opts))
+    try:
+        _check_data(args.data, methods)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        parser.error(str(e).strip("\"'"))
+    args.data_key = args.data.key()
     start = time.perf_counter()
     os.makedirs(os.path.join(args.output, "logs"), exist_ok=True)
     pool = ThreadPoolExecutor(args.jobs)
@@ -451,7 +552,8 @@ def main():
         name, seed = job
         checkpoint = warm[METHODS[name].head, 0][0]
         opts = _fine_tune_opts(args, name, seed, checkpoint, flows.get(name))
-        output = os.path.join(args.output, "runs", f"{name}-{_digest(name, opts)}", f"seed{seed}")
+        digest = _digest(name, args.data_key, opts)
+        output = os.path.join(args.output, "runs", f"{name}-{digest}", f"seed{seed}")
         log = os.path.join(args.output, "logs", f"{name}-seed{seed}.log")
         return job, (output, _train(_config(name), output, opts, args.threads, log))
 
@@ -464,7 +566,8 @@ def main():
         """An offline method's fine-tuned weights, run causally (make_online)."""
         name, seed = job
         run = outputs[name, seed]
-        opts = _data_opts() + ["MODEL.WEIGHTS", os.path.join(run, "model_final.pth")]
+        opts = args.data.run_opts(args.data.train)
+        opts += ["MODEL.WEIGHTS", os.path.join(run, "model_final.pth")]
         opts += _online_opts(name) + (["MODEL.FLOW.WEIGHTS", flows[name]] if name in flows else [])
         log = os.path.join(args.output, "logs", f"online-{name}-seed{seed}.log")
         _train(_config(name), os.path.join(run, "online"), opts, args.threads, log, True)
@@ -472,7 +575,8 @@ def main():
 
     offline = [m for m in methods if _online_opts(m)]
     outputs.update(pool.map(evaluate_online, [(m, s) for m in offline for s in args.seeds]))
-    evaluation = _Evaluation(outputs, args.seeds)
+    evaluation = _Evaluation(args.data.test, outputs, args.seeds)
+    subsets, gt_counts = evaluation.subsets()
     differences = evaluation.differences(methods, args.samples)
     for name in offline:
         differences[f"{name} online vs {name}"] = evaluation.pair(
@@ -495,28 +599,32 @@ def main():
         def evaluate_start(job):
             name, identity = job
             checkpoint = warm[METHODS[name].head, 0][0]
-            opts = _data_opts() + ["MODEL.WEIGHTS", checkpoint]
+            opts = args.data.run_opts(args.data.train) + ["MODEL.WEIGHTS", checkpoint]
             opts += ["MODEL.VIDEO.IDENTITY_INIT", identity]
             opts += ["MODEL.FLOW.WEIGHTS", flows[name]] if name in flows else []
-            output = os.path.join(args.output, "iteration0", f"{name}-{_digest(name, opts)}")
+            digest = _digest(name, args.data_key, opts)
+            output = os.path.join(args.output, "iteration0", f"{name}-{digest}")
             log = os.path.join(args.output, "logs", f"iteration0-{name}-{identity}.log")
             return job, _final(_train(_config(name), output, opts, args.threads, log, True))
 
         starts = [(m, i) for m in methods for i in (True, False)]
         iteration0 = dict(pool.map(evaluate_start, starts))
 
-    print(f"\nWarm starts (VID mAP on {TEST} during training):")
+    print(f"\nWarm starts (VID mAP on {args.data.test} during training):")
     for (head, seed), (_, history) in warm.items():
         print(f"  {HEADS[head].config} seed {seed}: {_curve(history)}")
     for head in args.second_warm_start:
-        print(f"  {head}: warm start seed 1 - seed 0: {_warm_spread(warm, head)}")
+        print(f"  {head}: warm start seed 1 - seed 0: {_warm_spread(warm, head, subsets)}")
     print(
         f"\nFine-tuning: {args.iters} iterations from the warm starts (VID mAP of each seed; "
         "per condition and motion bin, the means over seeds):\n"
     )
-    print(_metric_table(methods, args.seeds, finals))
+    absent = [k for k in SUBSETS + MOTION if k not in subsets]
+    if absent:
+        print(f"Left out, no ground truth in {args.data.test}: {', '.join(absent)}\n")
+    print(_metric_table(methods, args.seeds, finals, subsets))
     print("\nPaired differences (mean over seeds, 95% video-level bootstrap interval):\n")
-    print(_difference_table(differences))
+    print(_difference_table(differences, subsets))
     if key_frames:
         print(
             "\nKey-frame methods: mAP on their key frames / on their other frames (mean of seeds):"
@@ -544,10 +652,14 @@ def main():
     print(f"\nwall time {wall:.0f} s ({args.jobs} jobs x {args.threads} threads)")
     if args.json:
         result = {
-            "runs": {f"{m}/seed{s}": finals[m, s] for m, s in finals},
+            "subsets": {k: gt_counts[k] for k in subsets},
+            "runs": {f"{m}/seed{s}": _present(finals[m, s], absent) for m, s in finals},
             "curves": {f"{m}/seed{s}": h for (m, s), (_, h) in runs.items()},
             "warm_starts": {f"{h}/seed{s}": hist for (h, s), (_, hist) in warm.items()},
-            "differences": differences,
+            "differences": {
+                pair: {k: d for k, d in by_subset.items() if k not in absent}
+                for pair, by_subset in differences.items()
+            },
             "key_frames": key_frames,
             "gates": gates,
             "iteration0": {

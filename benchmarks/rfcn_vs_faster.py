@@ -26,9 +26,8 @@ from _streaming import (
     seconds_per_frame,
     stream,
 )
-from detectron2.config import get_cfg
 
-from vod_d2 import add_vod_config
+from vod_d2.engine import load_config
 
 MODELS = {
     "R-FCN": "configs/single_frame_R101_RFCN.yaml",
@@ -37,10 +36,7 @@ MODELS = {
 
 
 def _load(path, device, opts):
-    cfg = get_cfg()
-    add_vod_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(list(opts))
+    cfg = load_config(path, opts, register_datasets=True)
     cfg.MODEL.DEVICE = device
     cfg.MODEL.WEIGHTS = ""
     return cfg

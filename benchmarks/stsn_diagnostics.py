@@ -15,12 +15,10 @@ import sys
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from vod_d2 import add_vod_config
 from vod_d2.checkpoint import resolve_weights
-from vod_d2.engine import VideoTrainer
+from vod_d2.engine import VideoTrainer, load_config
 
 _KERNEL_CENTRE = 1
 
@@ -28,10 +26,10 @@ _KERNEL_CENTRE = 1
 def load_trained(args, window=None):
     """The config (``args.config_file`` and ``args.opts``, on CPU) and its trained model in eval
     mode, the test window set to ``window`` if given."""
-    cfg = get_cfg()
-    add_vod_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    try:
+        cfg = load_config(args.config_file, args.opts, register_datasets=True)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"{os.path.basename(sys.argv[0])}: error: {e}") from None
     cfg.MODEL.DEVICE = "cpu"
     cfg.TEST.VID_EVAL.DUMP_DETECTIONS = False
     if window is not None:

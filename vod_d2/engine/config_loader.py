@@ -13,6 +13,7 @@ from typing import List, Sequence
 from detectron2.config import CfgNode, get_cfg
 
 from ..config import add_vod_config
+from ..data import register_datasets_from_config
 
 __all__ = ["load_config"]
 
@@ -20,19 +21,23 @@ __all__ = ["load_config"]
 _UNKNOWN_FILE_KEY = re.compile(r"Non-existent config key: (\S+)")
 
 
-def load_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
+def load_config(
+    config_file: str, opts: Sequence[str] = (), *, register_datasets: bool = False
+) -> CfgNode:
     """
     detectron2's defaults, the vod_d2 keys, ``config_file`` and ``opts`` (not frozen).
 
     Args:
         config_file: a config yaml.
         opts: ``KEY VALUE`` pairs overriding it, e.g. ``["MODEL.WEIGHTS", "model.pth"]``.
+        register_datasets: also register the datasets of ``DATASETS.FILE``, as train_net.py
+            does, for a script that reads ``DATASETS.TRAIN/TEST`` in this process.
 
     Raises:
         FileNotFoundError: the file does not exist (with the closest names in its folder).
         ValueError: one line naming a key that does not exist in the file or ``opts`` (with
             the closest keys), or an odd number of ``opts``; yacs' own one-line errors (a value
-            of the wrong type) pass through.
+            of the wrong type) pass through; the datasets file's own one-line errors.
     """
     cfg = get_cfg()
     add_vod_config(cfg)
@@ -53,6 +58,8 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
         ) from None
     _check_opts(cfg, opts)
     cfg.merge_from_list(list(opts))
+    if register_datasets:
+        register_datasets_from_config(cfg)
     return cfg
 
 
