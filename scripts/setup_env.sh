@@ -15,12 +15,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# The versions vod_d2 is tested with (.ci/run reads these three lines).
+TORCH_REQUIREMENTS="torch==2.14.1 torchvision==0.29.2"
 DETECTRON2_REPO=${DETECTRON2_REPO:-https://github.com/facebookresearch/detectron2.git}
 DETECTRON2_COMMIT=02b5c4e295e990042a714712c21dc79b731e8833
 
 pip_install() { "$PYTHON" -m pip install -q --disable-pip-version-check "$@"; }
 
-pip_install "torch==2.14.1" "torchvision==0.29.2" -r requirements.txt "$@"
+pip_install $TORCH_REQUIREMENTS -r requirements.txt "$@"
 
 if ! "$PYTHON" -c "import detectron2" >/dev/null 2>&1; then
   detectron2="git+$DETECTRON2_REPO@$DETECTRON2_COMMIT"
