@@ -88,6 +88,7 @@ class Method:
     baselines: Tuple[str, ...] = ()  # compared with, seed by seed; the first is the single frame
     flow: bool = False  # starts its flow network from the synthetic flow pretraining
     default: bool = True  # in the default set
+    gated: bool = False  # has a residual gate (MODEL.VIDEO.GATE): --gates makes its variants
 
 
 @dataclass(frozen=True)
@@ -138,21 +139,47 @@ HEADS = {
 
 METHODS = {
     "single_frame": Method("faster_rcnn"),
-    "stmn": Method("faster_rcnn", ("single_frame",)),
-    "ssn": Method("faster_rcnn", ("single_frame",), default=False),
-    "stsn": Method("faster_rcnn", ("single_frame", "ssn"), default=False),
+    "stmn": Method("faster_rcnn", ("single_frame",), gated=True),
+    "ssn": Method("faster_rcnn", ("single_frame",), default=False, gated=True),
+    "stsn": Method("faster_rcnn", ("single_frame", "ssn"), default=False, gated=True),
     "rfcn": Method("rfcn"),
-    "ssn_rfcn": Method("rfcn", ("rfcn",)),
-    "stsn_rfcn": Method("rfcn", ("rfcn", "ssn_rfcn")),
-    "stmn_rfcn": Method("rfcn", ("rfcn",)),
+    "ssn_rfcn": Method("rfcn", ("rfcn",), gated=True),
+    "stsn_rfcn": Method("rfcn", ("rfcn", "ssn_rfcn"), gated=True),
+    "stmn_rfcn": Method("rfcn", ("rfcn",), gated=True),
     "dff": Method("rfcn", ("rfcn",), flow=True),
-    "impression": Method("rfcn", ("rfcn", "dff"), flow=True),
-    "lsts": Method("rfcn", ("rfcn", "dff")),
+    "impression": Method("rfcn", ("rfcn", "dff"), flow=True, gated=True),
+    "lsts": Method("rfcn", ("rfcn", "dff"), gated=True),
     "sparse_rcnn": Method("sparse_rcnn"),
-    "sparsevod": Method("sparse_rcnn", ("sparse_rcnn",)),
+    "sparsevod": Method("sparse_rcnn", ("sparse_rcnn",), gated=True),
     "single_frame_fpn": Method("fpn", default=False),
-    "stsn_fpn": Method("fpn", ("single_frame_fpn",), default=False),
+    "stsn_fpn": Method("fpn", ("single_frame_fpn",), default=False, gated=True),
 }
+# --gates: the residual gate's alternatives (vod_d2.modeling.temporal.gate); "paper" is the
+# papers' own start, without a gate.
+GATE_VARIANTS = {
+    "channel": ["MODEL.VIDEO.GATE.KIND", "channel"],
+    "scheduled": ["MODEL.VIDEO.GATE.KIND", "scheduled"],
+    "position": ["MODEL.VIDEO.GATE.KIND", "position"],
+    "paper": ["MODEL.VIDEO.IDENTITY_INIT", False],
+}
+
+
+def _variants(name: str, gates: Sequence[str]) -> List[str]:
+    """The runs of method ``name``: ``name/gate`` for each of ``gates`` if it is gated."""
+    if not gates or not METHODS[name].gated:
+        return [name]
+    return [f"{name}/{gate}" for gate in gates]
+
+
+def _method(variant: str) -> str:
+    """The method (config) name of a run ``name`` or ``name/gate``."""
+    return variant.split("/")[0]
+
+
+def _variant_opts(variant: str) -> List:
+    """The config options of a run's gate variant (none for a plain method name)."""
+    _, _, gate = variant.partition("/")
+    return list(GATE_VARIANTS[gate]) if gate else []
 
 
 def _config(name: str) -> str:
@@ -207,24 +234,30 @@ def _train(config: str, output: str, opts: List, threads: int, log: str, eval_on
 def _history(path: str, log: str, eval_only: bool) -> Dict:
     """
     The runs' evaluations (``"evals"``: iteration -> bbox metrics, the last being the final
-    one) and training losses (``"loss"``: iteration -> total loss), from detectron2's
-    metrics.json; an ``--eval-only`` run has no metrics.json, its results are in its log.
+    one), training losses (``"loss"``: iteration -> total loss) and residual gates' openings
+    (``"gates"``: iteration -> {module: opening}, :class:`vod_d2.engine.GateOpeningWriter`), from
+    detectron2's metrics.json; an ``--eval-only`` run has no metrics.json, its results are in
+    its log.
     """
-    evals, loss = {}, {}
+    evals, loss, gates = {}, {}, {}
     if eval_only:
         evals["0"] = _logged_results(log)
-        return {"evals": evals, "loss": loss}
+        return {"evals": evals, "loss": loss, "gates": gates}
     with open(path) as f:
         for line in f:
             entry = json.loads(line)
+            iteration = str(entry["iteration"] + 1)
             values = {k.split("/bbox/")[1]: v for k, v in entry.items() if "/bbox/" in k}
             if values:
-                evals[str(entry["iteration"] + 1)] = values
+                evals[iteration] = values
             if "total_loss" in entry:
-                loss[str(entry["iteration"] + 1)] = entry["total_loss"]
+                loss[iteration] = entry["total_loss"]
+            opening = {k[len("gate/") :]: v for k, v in entry.items() if k.startswith("gate/")}
+            if opening:
+                gates[iteration] = opening
     if not evals:
         raise RuntimeError(f"{path} holds no evaluation")
-    return {"evals": evals, "loss": loss}
+    return {"evals": evals, "loss": loss, "gates": gates}
 
 
 def _logged_results(log: str) -> Dict:
@@ -288,9 +321,9 @@ def _pretrained_flow(name: str, args) -> str:
     return path
 
 
-def _fine_tune_opts(args, name: str, seed: int, warm: str, flow: Optional[str]) -> List:
-    """Every method's fine-tuning (module docstring, step 3)."""
-    head = HEADS[METHODS[name].head]
+def _fine_tune_opts(args, variant: str, seed: int, warm: str, flow: Optional[str]) -> List:
+    """Every run's fine-tuning (module docstring, step 3)."""
+    head = HEADS[METHODS[_method(variant)].head]
     lr = _schedule_lr(_cfg(head.config))
     opts = args.data.run_opts(args.data.train[:1]) + [
         "MODEL.WEIGHTS", warm, "SOLVER.MAX_ITER", args.iters, "SOLVER.STEPS", "()",
@@ -298,8 +331,9 @@ def _fine_tune_opts(args, name: str, seed: int, warm: str, flow: Optional[str]) 
         "SOLVER.NEW_MODULE_LR_FACTOR", args.new_module_lr_factor,
         "SOLVER.CLIP_GRADIENTS.ENABLED", True, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "full_model",
         "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", head.clip, "SEED", seed,
-        "TEST.EVAL_PERIOD", args.iters // 3 if seed == args.curve_seed else 0,
+        "TEST.EVAL_PERIOD", args.iters // args.curve_points if seed == args.curve_seed else 0,
     ]  # fmt: skip
+    opts += _variant_opts(variant)
     if flow:
         opts += ["MODEL.FLOW.WEIGHTS", flow]
     return opts
@@ -368,13 +402,12 @@ class _Evaluation:
         )
         return {k: vars(v) for k, v in diff.items()}
 
-    def differences(self, methods, samples: int) -> Dict:
-        """Per method and each of its baselines that ran: :meth:`pair`."""
+    def differences(self, variants, samples: int) -> Dict:
+        """Per run and each of its baselines that ran (:func:`_baselines`): :meth:`pair`."""
         return {
             f"{name} vs {base}": self.pair(name, base, samples)
-            for name in methods
-            for base in METHODS[name].baselines
-            if base in methods
+            for name in variants
+            for base in _baselines(name, variants)
         }
 
     def key_frame_maps(self, name: str, compared: Sequence[str]) -> Dict[str, Tuple[float, float]]:
@@ -385,7 +418,7 @@ class _Evaluation:
         from vod_d2.evaluation.vid_evaluation import match_detections, mean_over_classes
         from vod_d2.modeling.frames import key_frame_index
 
-        cfg = _cfg(name)
+        cfg = _cfg(_method(name))
         interval, position = cfg.MODEL.VIDEO.KEY_FRAME_INTERVAL, cfg.MODEL.KEY_FRAME.POSITION
         key = np.array(
             [
@@ -406,17 +439,23 @@ class _Evaluation:
         return out
 
 
-def _gates(run: str) -> Dict[str, float]:
-    """The mean of each residual gate's per-channel scale in a run's final weights: how far the
-    temporal modules opened from their identity start (0: closed, 1: the paper's output)."""
-    import torch
+def _final_gates(history: Dict) -> Dict[str, float]:
+    """How far each residual gate was open at the end of a run (0: closed, the identity start;
+    1: the paper's module), from the trainer's ``gate/<module>`` records."""
+    gates = history.get("gates")
+    return gates[max(gates, key=int)] if gates else {}
 
-    state = torch.load(os.path.join(run, "model_final.pth"), map_location="cpu", weights_only=True)
-    return {
-        k[: -len(".residual_gate.gamma")]: float(v.mean())
-        for k, v in state["model"].items()
-        if k.endswith("residual_gate.gamma")
-    }
+
+def _baselines(variant: str, variants: Sequence[str]) -> List[str]:
+    """The runs ``variant`` is paired with: its method's baselines that ran, each in the same
+    gate variant where it is gated (STSN with a scheduled gate against SSN with one)."""
+    _, _, gate = variant.partition("/")
+    out = []
+    for base in METHODS[_method(variant)].baselines:
+        base = f"{base}/{gate}" if gate and METHODS[base].gated else base
+        if base in variants:
+            out.append(base)
+    return out
 
 
 def _table(rows: List[List[str]]) -> str:
@@ -458,8 +497,16 @@ def _present(metrics: Dict, absent: Sequence[str]) -> Dict:
 
 
 def _curve(history: Dict, key: str = "mAP") -> str:
+    """``iteration: mAP`` at each evaluation, with the gates' mean opening where recorded."""
     evals = sorted(history["evals"].items(), key=lambda item: int(item[0]))
-    return ", ".join(f"{it}: {m[key]:.1f}" for it, m in evals)
+    gates = history.get("gates", {})
+    cells = []
+    for it, metrics in evals:
+        cell = f"{it}: {metrics[key]:.1f}"
+        if gates.get(it):
+            cell += f" [{np.mean(list(gates[it].values())):.2f}]"
+        cells.append(cell)
+    return ", ".join(cells)
 
 
 def _warm_spread(warm, head: str, subsets: Sequence[str]) -> str:
@@ -501,7 +548,20 @@ def main():
     parser.add_argument("--new-module-lr-factor", type=float, default=10.0)
     parser.add_argument("--curve-seed", type=int, default=0, help="seed whose runs log curves")
     parser.add_argument("--samples", type=int, default=1000, help="bootstrap samples")
-    parser.add_argument("--iteration0", action="store_true", help="evaluate every iteration 0")
+    parser.add_argument(
+        "--iteration0", action="store_true", help="evaluate every run at iteration 0"
+    )
+    parser.add_argument(
+        "--gates",
+        nargs="+",
+        default=[],
+        choices=list(GATE_VARIANTS),
+        help="run every gated method with each of these residual gates (name/gate); 'paper': "
+        "without one (MODEL.VIDEO.IDENTITY_INIT False). Default: each config's own",
+    )
+    parser.add_argument(
+        "--curve-points", type=int, default=3, help="evaluations of the curve seed's runs"
+    )
     parser.add_argument(
         "--second-warm-start",
         nargs="+",
@@ -533,6 +593,7 @@ def main():
     for name in methods:
         if not os.path.isfile(_config(name)):
             parser.error(f"no config {_config(name)}")
+    variants = [v for m in methods for v in _variants(m, args.gates)]
     datasets_file = os.path.abspath(args.datasets_file) if args.datasets_file else ""
     args.data = Data(datasets_file, tuple(args.train), args.test, tuple(args.opts))
     try:
@@ -548,67 +609,66 @@ def main():
     warm = dict(zip(warm_jobs, pool.map(lambda job: _warm_start(*job, args), warm_jobs)))
     flows = {m: _pretrained_flow(m, args) for m in methods if METHODS[m].flow}
 
+    def file_name(variant: str) -> str:
+        return variant.replace("/", "-")
+
     def fine_tune(job):
-        name, seed = job
+        variant, seed = job
+        name = _method(variant)
         checkpoint = warm[METHODS[name].head, 0][0]
-        opts = _fine_tune_opts(args, name, seed, checkpoint, flows.get(name))
+        opts = _fine_tune_opts(args, variant, seed, checkpoint, flows.get(name))
         digest = _digest(name, args.data_key, opts)
         output = os.path.join(args.output, "runs", f"{name}-{digest}", f"seed{seed}")
-        log = os.path.join(args.output, "logs", f"{name}-seed{seed}.log")
+        log = os.path.join(args.output, "logs", f"{file_name(variant)}-seed{seed}.log")
         return job, (output, _train(_config(name), output, opts, args.threads, log))
 
-    jobs = [(m, s) for m in methods for s in args.seeds]
+    jobs = [(v, s) for v in variants for s in args.seeds]
     runs = dict(pool.map(fine_tune, jobs))
     finals = {job: _final(history) for job, (_, history) in runs.items()}
     outputs = {job: output for job, (output, _) in runs.items()}
 
     def evaluate_online(job):
         """An offline method's fine-tuned weights, run causally (make_online)."""
-        name, seed = job
-        run = outputs[name, seed]
-        opts = args.data.run_opts(args.data.train)
+        variant, seed = job
+        name, run = _method(variant), outputs[variant, seed]
+        opts = args.data.run_opts(args.data.train) + _variant_opts(variant)
         opts += ["MODEL.WEIGHTS", os.path.join(run, "model_final.pth")]
         opts += _online_opts(name) + (["MODEL.FLOW.WEIGHTS", flows[name]] if name in flows else [])
-        log = os.path.join(args.output, "logs", f"online-{name}-seed{seed}.log")
+        log = os.path.join(args.output, "logs", f"online-{file_name(variant)}-seed{seed}.log")
         _train(_config(name), os.path.join(run, "online"), opts, args.threads, log, True)
-        return (f"{name} online", seed), os.path.join(run, "online")
+        return (f"{variant} online", seed), os.path.join(run, "online")
 
-    offline = [m for m in methods if _online_opts(m)]
-    outputs.update(pool.map(evaluate_online, [(m, s) for m in offline for s in args.seeds]))
+    offline = [v for v in variants if _online_opts(_method(v))]
+    outputs.update(pool.map(evaluate_online, [(v, s) for v in offline for s in args.seeds]))
     evaluation = _Evaluation(args.data.test, outputs, args.seeds)
     subsets, gt_counts = evaluation.subsets()
-    differences = evaluation.differences(methods, args.samples)
-    for name in offline:
-        differences[f"{name} online vs {name}"] = evaluation.pair(
-            f"{name} online", name, args.samples
-        )
-        base = METHODS[name].baselines[0] if METHODS[name].baselines else None
-        if base in methods:
-            differences[f"{name} online vs {base}"] = evaluation.pair(
-                f"{name} online", base, args.samples
-            )
+    differences = evaluation.differences(variants, args.samples)
+    for variant in offline:
+        online = f"{variant} online"
+        differences[f"{online} vs {variant}"] = evaluation.pair(online, variant, args.samples)
+        for base in _baselines(variant, variants)[:1]:
+            differences[f"{online} vs {base}"] = evaluation.pair(online, base, args.samples)
     key_frames = {
-        m: evaluation.key_frame_maps(m, [b for b in METHODS[m].baselines if b in methods])
-        for m in methods
-        if _cfg(m).MODEL.META_ARCHITECTURE == "KeyFrameRCNN"
+        v: evaluation.key_frame_maps(v, _baselines(v, variants))
+        for v in variants
+        if _cfg(_method(v)).MODEL.META_ARCHITECTURE == "KeyFrameRCNN"
     }
 
     iteration0 = {}
     if args.iteration0:
 
-        def evaluate_start(job):
-            name, identity = job
+        def evaluate_start(variant):
+            name = _method(variant)
             checkpoint = warm[METHODS[name].head, 0][0]
             opts = args.data.run_opts(args.data.train) + ["MODEL.WEIGHTS", checkpoint]
-            opts += ["MODEL.VIDEO.IDENTITY_INIT", identity]
+            opts += _variant_opts(variant)
             opts += ["MODEL.FLOW.WEIGHTS", flows[name]] if name in flows else []
             digest = _digest(name, args.data_key, opts)
             output = os.path.join(args.output, "iteration0", f"{name}-{digest}")
-            log = os.path.join(args.output, "logs", f"iteration0-{name}-{identity}.log")
-            return job, _final(_train(_config(name), output, opts, args.threads, log, True))
+            log = os.path.join(args.output, "logs", f"iteration0-{file_name(variant)}.log")
+            return variant, _final(_train(_config(name), output, opts, args.threads, log, True))
 
-        starts = [(m, i) for m in methods for i in (True, False)]
-        iteration0 = dict(pool.map(evaluate_start, starts))
+        iteration0 = dict(pool.map(evaluate_start, variants))
 
     print(f"\nWarm starts (VID mAP on {args.data.test} during training):")
     for (head, seed), (_, history) in warm.items():
@@ -622,7 +682,7 @@ def main():
     absent = [k for k in SUBSETS + MOTION if k not in subsets]
     if absent:
         print(f"Left out, no ground truth in {args.data.test}: {', '.join(absent)}\n")
-    print(_metric_table(methods, args.seeds, finals, subsets))
+    print(_metric_table(variants, args.seeds, finals, subsets))
     print("\nPaired differences (mean over seeds, 95% video-level bootstrap interval):\n")
     print(_difference_table(differences, subsets))
     if key_frames:
@@ -632,22 +692,19 @@ def main():
         for name, maps in key_frames.items():
             cells = ", ".join(f"{m} {key:.1f} / {other:.1f}" for m, (key, other) in maps.items())
             print(f"  {name}'s frames: {cells}")
-    gates = {m: [_gates(outputs[m, s]) for s in args.seeds] for m in methods}
-    print("\nResidual gates after fine-tuning (mean scale over channels, seeds):")
+    gates = {v: [_final_gates(runs[v, s][1]) for s in args.seeds] for v in variants}
+    print("\nResidual gates' opening at the end (0: closed, 1: the paper's module; seeds):")
     for name, per_seed in gates.items():
         for gate in per_seed[0]:
             values = " ".join(f"{g[gate]:.2f}" for g in per_seed)
             print(f"  {name} {gate}: {values}")
-    print(f"\nFine-tuning curves (seed {args.curve_seed}, mAP by iteration):")
-    for name in methods:
-        history = runs[name, args.curve_seed][1]
-        print(f"  {name}: {_curve(history)}")
+    print(f"\nFine-tuning curves (seed {args.curve_seed}, mAP [gates' mean opening] by iteration):")
+    for name in variants:
+        print(f"  {name}: {_curve(runs[name, args.curve_seed][1])}")
     if iteration0:
-        print("\nIteration 0 (the warm start loaded into each method), mAP with / without")
-        print("MODEL.VIDEO.IDENTITY_INIT:")
-        for name in methods:
-            identity, paper = (iteration0[name, i]["mAP"] for i in (True, False))
-            print(f"  {name}: {identity:.1f} / {paper:.1f}")
+        print("\nIteration 0 (the warm start loaded into each run), mAP:")
+        for name in variants:
+            print(f"  {name}: {iteration0[name]['mAP']:.1f}")
     wall = time.perf_counter() - start
     print(f"\nwall time {wall:.0f} s ({args.jobs} jobs x {args.threads} threads)")
     if args.json:
@@ -662,9 +719,7 @@ def main():
             },
             "key_frames": key_frames,
             "gates": gates,
-            "iteration0": {
-                f"{m}/{'identity' if i else 'paper'}": r for (m, i), r in iteration0.items()
-            },
+            "iteration0": iteration0,
             "wall_seconds": wall,
         }
         with open(args.json, "w") as f:

@@ -87,6 +87,16 @@ def _add_video_config(cfg):
     # zero (equal weights) and STMN's U_z, U_r, U start at zero. False: the papers' random
     # initialisations, whose first iterations move the detector away from its start.
     cfg.MODEL.VIDEO.IDENTITY_INIT = True
+    # The residual gate of IDENTITY_INIT (vod_d2.modeling.temporal.gate): out = reference +
+    # g * (module output - reference), g = 0 at the start.
+    cfg.MODEL.VIDEO.GATE = CN()
+    # "channel": g one learned scale per channel; "scheduled": g rises linearly with the
+    # training iteration from 0 to 1 at OPEN_ITERS, after which the output is the paper's module
+    # itself; "position": g a learned 1x1 conv of the reference and the module output, one value
+    # per position.
+    cfg.MODEL.VIDEO.GATE.KIND = "channel"
+    # "scheduled": the iterations over which g opens.
+    cfg.MODEL.VIDEO.GATE.OPEN_ITERS = 400
 
 
 def _add_key_frame_config(cfg):

@@ -89,28 +89,23 @@ def video():
     return random_video(12, seed=3)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_a_video_method_starts_as_its_single_frame_checkpoint(method, video, tmp_path, caplog):
-    head, frames = METHODS[method]
+def _single_frame(method, video, tmp_path):
+    """The single-frame checkpoint of ``method``'s head (random weights), saved, and its
+    detections on ``video``."""
+    head, _ = METHODS[method]
     torch.manual_seed(0)
     # The single-frame detector with the method's test-time NMS (STSN's is 0.3).
     nms = _cfg(method).MODEL.ROI_HEADS.NMS_THRESH_TEST
     single = build_model(_cfg(head, **{"MODEL.ROI_HEADS.NMS_THRESH_TEST": nms})).eval()
     weights = str(tmp_path / "single_frame.pth")
     torch.save({"model": single.state_dict()}, weights)
-    expected = _detections(single, video)
+    return single, weights, _detections(single, video)
 
-    def start(**opts):
-        cfg = _cfg(method, **{"MODEL.WEIGHTS": weights, **opts})
-        torch.manual_seed(1)
-        model = build_model(cfg).eval()
-        with caplog.at_level(logging.INFO, logger="vod_d2"):
-            VideoCheckpointer(model, cfg=cfg).load(weights)
-        return cfg, model
 
-    cfg, model = start()
-    assert "start at their initialisation" in caplog.text
-    assert "not found in the checkpoint" not in caplog.text  # that one line, not a list
+def _assert_same_detections(method, model, video, expected):
+    """``model`` detects what the single frame did (``expected``), and its head reads the same
+    features, on every frame its method claims (all, or the key frames)."""
+    _, frames = METHODS[method]
     compared = 0
     for t, ((full, got, read), (_, want, single_read)) in enumerate(
         zip(_detections(model, video), expected)
@@ -123,6 +118,25 @@ def test_a_video_method_starts_as_its_single_frame_checkpoint(method, video, tmp
             single_read = single_read.repeat(2)
         torch.testing.assert_close(read, single_read, atol=1e-5, rtol=1e-5)
     assert compared >= 2
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_video_method_starts_as_its_single_frame_checkpoint(method, video, tmp_path, caplog):
+    _, frames = METHODS[method]
+    single, weights, expected = _single_frame(method, video, tmp_path)
+
+    def start(**opts):
+        cfg = _cfg(method, **{"MODEL.WEIGHTS": weights, **opts})
+        torch.manual_seed(1)
+        model = build_model(cfg).eval()
+        with caplog.at_level(logging.INFO, logger="vod_d2"):
+            VideoCheckpointer(model, cfg=cfg).load(weights)
+        return cfg, model
+
+    cfg, model = start()
+    assert "start at their initialisation" in caplog.text
+    assert "not found in the checkpoint" not in caplog.text  # that one line, not a list
+    _assert_same_detections(method, model, video, expected)
 
     # The temporal parts are what the checkpoint lacks: they start fresh and train faster.
     new = new_parameter_names(model, single.state_dict())
@@ -149,3 +163,18 @@ def test_a_video_method_starts_as_its_single_frame_checkpoint(method, video, tmp
             if full or frames != "key"
         ]
         assert any(differs), method
+
+
+# One method per gated module family: STSN's and SSN's sampling, STMN's memory, LSTS's SRFU and
+# DFA, Impression's memory, SparseVOD's TFE (channel, the default, is tested above).
+@pytest.mark.parametrize("kind", ["scheduled", "position"])
+@pytest.mark.parametrize(
+    "method", ["ssn_rfcn", "stsn_rfcn", "stmn_rfcn", "lsts", "impression", "sparsevod"]
+)
+def test_every_gate_kind_starts_as_the_single_frame_checkpoint(method, kind, video, tmp_path):
+    _, weights, expected = _single_frame(method, video, tmp_path)
+    cfg = _cfg(method, **{"MODEL.WEIGHTS": weights, "MODEL.VIDEO.GATE.KIND": kind})
+    torch.manual_seed(1)
+    model = build_model(cfg).eval()
+    VideoCheckpointer(model, cfg=cfg).load(weights)
+    _assert_same_detections(method, model, video, expected)

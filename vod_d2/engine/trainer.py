@@ -6,13 +6,15 @@ import logging
 from collections import OrderedDict
 
 import detectron2.engine.defaults as d2_defaults
-from detectron2.engine import DefaultTrainer, TrainerBase
+from detectron2.engine import DefaultTrainer, HookBase, TrainerBase
+from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, print_csv_format
 from detectron2.utils import comm
 
 from ..checkpoint import VideoCheckpointer
 from ..data import FrameReadError, build_video_test_loader, build_video_train_loader, check_datasets
 from ..evaluation import VIDEvaluator
+from ..modeling.temporal.gate import gate_opening
 from ..postprocessing import seq_nms_instances, seq_nms_kwargs_from_config
 from .inference import inference_on_videos
 from .optimizer import build_optimizer
@@ -89,6 +91,33 @@ def _cpu_aware_ddp():
         d2_defaults.create_ddp_model = _create_ddp_model
 
 
+class GateOpeningWriter(HookBase):
+    """
+    Puts how far each residual gate of the model is open (:func:`gate_opening`) into the event
+    storage as ``gate/<module name>`` every ``period`` iterations, so that metrics.json holds
+    each gate's curve beside the losses.
+    """
+
+    def __init__(self, model, period: int = 20):
+        """
+        Args:
+            model: the trained model (a DDP wrapper is unwrapped).
+            period: iterations between two records (detectron2's writers' default: 20).
+        """
+        self._model = getattr(model, "module", model)
+        self._period = period
+
+    def after_step(self):
+        iteration = self.trainer.iter + 1
+        if iteration % self._period and iteration != self.trainer.max_iter:
+            return
+        openings = gate_opening(self._model)
+        if openings:
+            self.trainer.storage.put_scalars(
+                **{f"gate/{name}": value for name, value in openings.items()}, smoothing_hint=False
+            )
+
+
 class VideoTrainer(DefaultTrainer):
     """
     Trains and evaluates vod_d2 models with detectron2's loop, hooks, checkpointer and AMP;
@@ -116,6 +145,15 @@ class VideoTrainer(DefaultTrainer):
             return super().train()
         finally:
             train_loop_logger.removeFilter(no_traceback)
+
+    def build_hooks(self):
+        """detectron2's hooks, with :class:`GateOpeningWriter` before its periodic writer."""
+        hooks = super().build_hooks()
+        writer = next(
+            (i for i, h in enumerate(hooks) if isinstance(h, d2_hooks.PeriodicWriter)), len(hooks)
+        )
+        hooks.insert(writer, GateOpeningWriter(self.model))
+        return hooks
 
     @classmethod
     def build_optimizer(cls, cfg, model):

@@ -11,7 +11,7 @@ from torch import nn
 from vod_d2.layers import temporal_roi_align
 from vod_d2.layers.temporal_roi_align import MAX_K
 
-from ..temporal.gate import maybe_gate
+from ..temporal.gate import GateSpec, maybe_gate
 
 __all__ = [
     "AGGREGATIONS",
@@ -59,6 +59,7 @@ class TemporalFeatureExtraction(nn.Module):
         num_heads: int = 4,
         aggregation: str = "MSA",
         identity_init: bool = False,
+        gate: GateSpec = GateSpec(),
     ):
         """
         Args:
@@ -67,6 +68,7 @@ class TemporalFeatureExtraction(nn.Module):
             num_heads: attention heads; must divide ``dim``.
             aggregation: ``"MSA"`` or ``"AVG"``.
             identity_init: start as the target's RoI features (a residual gate).
+            gate: the residual gate with ``identity_init`` (``MODEL.VIDEO.GATE``).
         """
         super().__init__()
         _check_aggregation("MODEL.SPARSEVOD.TFE.AGGREGATION", aggregation)
@@ -81,7 +83,7 @@ class TemporalFeatureExtraction(nn.Module):
         self.aggregation = aggregation
         if aggregation == "MSA":
             self.embed = nn.Conv2d(dim, dim, 3, padding=1)
-        self.residual_gate = maybe_gate(identity_init, dim)
+        self.residual_gate = maybe_gate(identity_init, dim, gate)
 
     def forward(
         self,

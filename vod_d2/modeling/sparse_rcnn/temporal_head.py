@@ -9,6 +9,7 @@ from detectron2.modeling.poolers import assign_boxes_to_levels
 from detectron2.structures import Boxes
 from torch import nn
 
+from ..temporal.gate import GateSpec
 from .head import ObjectHook, RoIHook, SparseRCNNHead, StageOutput
 from .temporal import SemanticProposalAggregation, TemporalFeatureExtraction
 
@@ -73,6 +74,7 @@ class TemporalDynamicHead(SparseRCNNHead):
                     num_heads=tfe.NUM_HEADS,
                     aggregation=tfe.AGGREGATION,
                     identity_init=cfg.MODEL.VIDEO.IDENTITY_INIT,
+                    gate=GateSpec.from_config(cfg),
                 )
                 for _ in range(num_stages)
             ]

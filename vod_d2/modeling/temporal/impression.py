@@ -51,7 +51,7 @@ from ..flow import build_flow_net
 from ..flow.base import FlowNetwork
 from ..frames import NONE
 from .build import TemporalModule
-from .gate import maybe_gate
+from .gate import GateSpec, maybe_gate
 from .key_frame import KEY_FRAME_REGISTRY, KeyFrameModule
 from .quality_aggregation import QualityAwareAggregation
 
@@ -92,6 +92,7 @@ class ImpressionMemory(TemporalModule):
         gate: float = 1.0,
         quality_dims: Sequence[int] = (256, 16),
         identity_init: bool = False,
+        residual_gate: GateSpec = GateSpec(),
     ):
         """
         Args:
@@ -102,6 +103,7 @@ class ImpressionMemory(TemporalModule):
             quality_dims: widths of N_q's 3x3 and first 1x1 conv (§3.3: 256, 16).
             identity_init: start every key frame at its own feature (a residual gate on Eq. 3)
                 and N_q at equal weights (``MODEL.VIDEO.IDENTITY_INIT``).
+            residual_gate: that gate (``MODEL.VIDEO.GATE``).
         """
         super().__init__()
         if quality_aware and not memory:
@@ -120,7 +122,7 @@ class ImpressionMemory(TemporalModule):
             if memory
             else None
         )
-        self.residual_gate = maybe_gate(identity_init and memory, channels)
+        self.residual_gate = maybe_gate(identity_init and memory, channels, residual_gate)
         self.impression: Optional[torch.Tensor] = None
         self.key_images: Optional[torch.Tensor] = None
 
@@ -133,6 +135,7 @@ class ImpressionMemory(TemporalModule):
             "gate": cfg.MODEL.IMPRESSION.GATE,
             "quality_dims": cfg.MODEL.IMPRESSION.QUALITY_DIMS,
             "identity_init": cfg.MODEL.VIDEO.IDENTITY_INIT,
+            "residual_gate": GateSpec.from_config(cfg),
         }
 
     @property

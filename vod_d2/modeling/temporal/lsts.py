@@ -42,7 +42,7 @@ from vod_d2.layers import DeformableSimilaritySampling
 
 from ..frames import LIGHT
 from .build import TemporalModule
-from .gate import maybe_gate
+from .gate import GateSpec, maybe_gate
 from .key_frame import KEY_FRAME_REGISTRY, KeyFrameModule
 from .quality_aggregation import QualityAwareAggregation
 
@@ -204,6 +204,7 @@ class SparseRecursiveFeatureUpdate(nn.Module):
         update: str = "quality",
         quality_layout: str = "paper",
         identity_init: bool = False,
+        gate: GateSpec = GateSpec(),
     ):
         """
         Args:
@@ -212,6 +213,7 @@ class SparseRecursiveFeatureUpdate(nn.Module):
             update: "quality", "fixed" or "none".
             quality_layout: the quality net's layout, "paper" or "authors".
             identity_init: start at the key frame's feature (``MODEL.VIDEO.IDENTITY_INIT``).
+            gate: the residual gate with ``identity_init`` (``MODEL.VIDEO.GATE``).
         """
         super().__init__()
         self.aggregation = _aggregation(
@@ -220,7 +222,9 @@ class SparseRecursiveFeatureUpdate(nn.Module):
         self.lsts = (
             LSTS(channels, channels, embed_channels) if self.aggregation is not None else None
         )
-        self.residual_gate = maybe_gate(identity_init and self.aggregation is not None, channels)
+        self.residual_gate = maybe_gate(
+            identity_init and self.aggregation is not None, channels, gate
+        )
 
     def forward(
         self,
@@ -274,6 +278,7 @@ class DenseFeatureAggregation(nn.Module):
         transform_kernel_sizes: Sequence[int] = (3, 3, 3),
         quality_layout: str = "paper",
         identity_init: bool = False,
+        gate: GateSpec = GateSpec(),
     ):
         """
         Args:
@@ -285,6 +290,7 @@ class DenseFeatureAggregation(nn.Module):
             transform_dims, transform_kernel_sizes: see :class:`TransformUnit`.
             quality_layout: the quality net's layout, "paper" or "authors".
             identity_init: start at the aligned memory (``MODEL.VIDEO.IDENTITY_INIT``).
+            gate: the residual gate with ``identity_init`` (``MODEL.VIDEO.GATE``).
         """
         super().__init__()
         self.aggregation = _aggregation(
@@ -303,7 +309,9 @@ class DenseFeatureAggregation(nn.Module):
                 "must be as wide (MODEL.LSTS.TRANSFORM, MODEL.LSTS.NON_KEY_AGGREGATION)"
             )
         self.lsts = LSTS(channels, target_channels, embed_channels)
-        self.residual_gate = maybe_gate(identity_init and self.aggregation is not None, channels)
+        self.residual_gate = maybe_gate(
+            identity_init and self.aggregation is not None, channels, gate
+        )
 
     def forward(
         self,
@@ -367,6 +375,7 @@ class LSTSFeatureFusion(TemporalModule):
         transform_kernel_sizes: Sequence[int] = (3, 3, 3),
         quality_layout: str = "paper",
         identity_init: bool = False,
+        gate: GateSpec = GateSpec(),
     ):
         """
         Args:
@@ -386,6 +395,7 @@ class LSTSFeatureFusion(TemporalModule):
                 (:data:`QUALITY_LAYOUTS`).
             identity_init: SRFU and DFA start at the key frame's feature and at the propagated
                 memory (``MODEL.VIDEO.IDENTITY_INIT``, :mod:`.gate`).
+            gate: their residual gates (``MODEL.VIDEO.GATE``).
         """
         super().__init__()
         self.sampling = DeformableSimilaritySampling(num_points, init, normalization)
@@ -396,6 +406,7 @@ class LSTSFeatureFusion(TemporalModule):
             update=memory_update,
             quality_layout=quality_layout,
             identity_init=identity_init,
+            gate=gate,
         )
         self.dfa = DenseFeatureAggregation(
             low_channels,
@@ -407,6 +418,7 @@ class LSTSFeatureFusion(TemporalModule):
             transform_kernel_sizes=transform_kernel_sizes,
             quality_layout=quality_layout,
             identity_init=identity_init,
+            gate=gate,
         )
         self._memory: Optional[torch.Tensor] = None
         self._embedded_memory: Optional[torch.Tensor] = None
@@ -434,6 +446,7 @@ class LSTSFeatureFusion(TemporalModule):
             "transform_kernel_sizes": tuple(c.TRANSFORM_KERNEL_SIZES),
             "quality_layout": c.QUALITY_LAYOUT,
             "identity_init": cfg.MODEL.VIDEO.IDENTITY_INIT,
+            "gate": GateSpec.from_config(cfg),
         }
 
     def update_memory(

@@ -39,7 +39,7 @@ from detectron2.layers import Conv2d, ShapeSpec
 from fvcore.nn import weight_init
 
 from .build import TEMPORAL_AGGREGATION_REGISTRY, TemporalAggregation
-from .gate import maybe_gate
+from .gate import GateSpec, maybe_gate
 from .match_trans import build_match_trans
 from .stmm import (
     CELLS,
@@ -112,6 +112,7 @@ class STMNAggregation(TemporalAggregation):
         test_stride: int = 1,
         test_cache_dtype: str = "float32",
         identity_init: bool = False,
+        gate: GateSpec = GateSpec(),
     ):
         """
         Args:
@@ -139,6 +140,7 @@ class STMNAggregation(TemporalAggregation):
                 (:class:`~.stmn_stream.STMNTestStream`; "float16" holds about 35% less).
             identity_init: start as the static detector (``MODEL.VIDEO.IDENTITY_INIT``, see the
                 module docstring).
+            gate: the residual gate with ``identity_init`` (``MODEL.VIDEO.GATE``).
         """
         super().__init__(input_shape)
         if input_shape.channels is None:
@@ -177,7 +179,7 @@ class STMNAggregation(TemporalAggregation):
 
         self.forward_memory = direction()
         self.backward_memory = direction() if bidirectional else None
-        self.residual_gate = maybe_gate(identity_init, self.output_shape().channels)
+        self.residual_gate = maybe_gate(identity_init, self.output_shape().channels, gate)
         self._training_keys = ("feature",) + tuple(_PROJECTIONS[: len(self._directions)])
         self._stream = None
 
@@ -208,6 +210,7 @@ class STMNAggregation(TemporalAggregation):
             "test_stride": cfg.MODEL.VIDEO.TEST_STRIDE,
             "test_cache_dtype": stmn.TEST_CACHE_DTYPE,
             "identity_init": cfg.MODEL.VIDEO.IDENTITY_INIT,
+            "gate": GateSpec.from_config(cfg),
         }
 
     @property

@@ -31,7 +31,7 @@ from torch import nn
 
 from ...layers import DeformConv2d
 from .build import TEMPORAL_AGGREGATION_REGISTRY, TemporalAggregation
-from .gate import maybe_gate
+from .gate import GateSpec, maybe_gate
 
 __all__ = [
     "SpatioTemporalSamplingBlock",
@@ -220,6 +220,7 @@ class STSNAggregation(TemporalAggregation):
         input_shape: ShapeSpec,
         pairs_per_pass: int = 0,
         identity_init: bool = False,
+        gate: GateSpec = GateSpec(),
     ):
         """
         Args:
@@ -228,6 +229,7 @@ class STSNAggregation(TemporalAggregation):
             input_shape: shape of the backbone map (its stride is the output's).
             pairs_per_pass: (reference, frame) pairs sampled at once; 0 for all of them.
             identity_init: start at ``g_{t,t}`` (``MODEL.VIDEO.IDENTITY_INIT``).
+            gate: the residual gate with ``identity_init`` (``MODEL.VIDEO.GATE``).
         """
         super().__init__(input_shape)
         if pairs_per_pass < 0:
@@ -235,7 +237,7 @@ class STSNAggregation(TemporalAggregation):
         self.sampling = sampling
         self.embedding = embedding
         self.pairs_per_pass = pairs_per_pass
-        self.residual_gate = maybe_gate(identity_init, sampling.out_channels)
+        self.residual_gate = maybe_gate(identity_init, sampling.out_channels, gate)
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
@@ -246,6 +248,7 @@ class STSNAggregation(TemporalAggregation):
             "input_shape": input_shape,
             "pairs_per_pass": cfg.MODEL.STSN.PAIRS_PER_PASS,
             "identity_init": cfg.MODEL.VIDEO.IDENTITY_INIT,
+            "gate": GateSpec.from_config(cfg),
         }
 
     def forward(self, ref, support, offsets, frames):
