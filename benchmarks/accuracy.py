@@ -23,10 +23,16 @@ frames, 120 training videos, the "hard" degradation profile):
    (:func:`vod_d2.evaluation.paired_bootstrap`). A difference whose interval contains 0 is no
    difference.
 
-``--iteration0`` also evaluates every method at fine-tuning iteration 0 (the warm start
-loaded into it), with and without ``MODEL.VIDEO.IDENTITY_INIT``; ``--second-warm-start HEAD``
-trains that head's warm start again with seed 1 and reports how far the two are apart (the
-baseline's own spread).
+**Residual gates.** ``--gates channel scheduled position paper`` runs every gated method once
+per alternative of ``MODEL.VIDEO.GATE`` (``paper``: without a gate, ``MODEL.VIDEO.IDENTITY_INIT
+False``), as ``method/gate``, each paired with its baselines (a gated baseline in the same
+alternative); the tables give each gate's opening at the end and along the curve seed's
+evaluations (``--curve-points``). Offline methods are also evaluated causally (their online
+column) unless ``--no-online``.
+
+``--iteration0`` also evaluates every run at fine-tuning iteration 0 (the warm start loaded
+into it); ``--second-warm-start HEAD`` trains that head's warm start again with seed 1 and
+reports how far the two are apart (the baseline's own spread).
 
 **Your own videos.** ``--datasets-file F --train NAME... --test NAME`` runs the same protocol on
 datasets declared in a datasets file (``DATASETS.FILE``, as ``train_net.py`` takes it): the
@@ -563,6 +569,9 @@ def main():
         "--curve-points", type=int, default=3, help="evaluations of the curve seed's runs"
     )
     parser.add_argument(
+        "--no-online", action="store_true", help="skip the offline methods' causal variants"
+    )
+    parser.add_argument(
         "--second-warm-start",
         nargs="+",
         default=[],
@@ -638,7 +647,7 @@ def main():
         _train(_config(name), os.path.join(run, "online"), opts, args.threads, log, True)
         return (f"{variant} online", seed), os.path.join(run, "online")
 
-    offline = [v for v in variants if _online_opts(_method(v))]
+    offline = [v for v in variants if not args.no_online and _online_opts(_method(v))]
     outputs.update(pool.map(evaluate_online, [(v, s) for v in offline for s in args.seeds]))
     evaluation = _Evaluation(args.data.test, outputs, args.seeds)
     subsets, gt_counts = evaluation.subsets()
