@@ -74,6 +74,9 @@ CONFIGS = os.path.join(ROOT, "configs", "synthetic")
 TRAIN = ("synthetic_bench_vid_train", "synthetic_bench_det_train")
 TEST = "synthetic_bench_vid_val"
 SUBSETS = ("all", "clean", "motion_blur", "defocus", "occluded", "degraded")
+# What the trainer records of the modules (metrics.json keys "<record>/<module>") and the curves
+# show: the residual gates' opening and LSTS's sampling locations' spread.
+RECORDS = ("gate/", "locations_rms/")
 MOTION = ("slow", "medium", "fast")
 
 
@@ -240,15 +243,15 @@ def _train(config: str, output: str, opts: List, threads: int, log: str, eval_on
 def _history(path: str, log: str, eval_only: bool) -> Dict:
     """
     The runs' evaluations (``"evals"``: iteration -> bbox metrics, the last being the final
-    one), training losses (``"loss"``: iteration -> total loss) and residual gates' openings
-    (``"gates"``: iteration -> {module: opening}, :class:`vod_d2.engine.GateOpeningWriter`), from
-    detectron2's metrics.json; an ``--eval-only`` run has no metrics.json, its results are in
-    its log.
+    one), training losses (``"loss"``: iteration -> total loss) and the modules' records
+    (``"records"``: iteration -> {"gate/<module>": opening, "locations_rms/<module>": ...},
+    :class:`vod_d2.engine.trainer.ModuleRecordsWriter`), from detectron2's metrics.json; an
+    ``--eval-only`` run has no metrics.json, its results are in its log.
     """
-    evals, loss, gates = {}, {}, {}
+    evals, loss, records = {}, {}, {}
     if eval_only:
         evals["0"] = _logged_results(log)
-        return {"evals": evals, "loss": loss, "gates": gates}
+        return {"evals": evals, "loss": loss, "records": records}
     with open(path) as f:
         for line in f:
             entry = json.loads(line)
@@ -258,12 +261,23 @@ def _history(path: str, log: str, eval_only: bool) -> Dict:
                 evals[iteration] = values
             if "total_loss" in entry:
                 loss[iteration] = entry["total_loss"]
-            opening = {k[len("gate/") :]: v for k, v in entry.items() if k.startswith("gate/")}
-            if opening:
-                gates[iteration] = opening
+            recorded = {k: v for k, v in entry.items() if k.startswith(RECORDS)}
+            if recorded:
+                records[iteration] = recorded
     if not evals:
         raise RuntimeError(f"{path} holds no evaluation")
-    return {"evals": evals, "loss": loss, "gates": gates}
+    return {"evals": evals, "loss": loss, "records": records}
+
+
+def _records(history: Dict, record: str, iteration: Optional[str] = None) -> Dict[str, float]:
+    """The modules' ``record`` (e.g. "gate") at ``iteration`` (default: the last recorded), by
+    module name; empty for a run without it."""
+    records = history.get("records")
+    if not records or (iteration is not None and iteration not in records):
+        return {}
+    entry = records[iteration if iteration is not None else max(records, key=int)]
+    prefix = f"{record}/"
+    return {k[len(prefix) :]: v for k, v in entry.items() if k.startswith(prefix)}
 
 
 def _logged_results(log: str) -> Dict:
@@ -445,13 +459,6 @@ class _Evaluation:
         return out
 
 
-def _final_gates(history: Dict) -> Dict[str, float]:
-    """How far each residual gate was open at the end of a run (0: closed, the identity start;
-    1: the paper's module), from the trainer's ``gate/<module>`` records."""
-    gates = history.get("gates")
-    return gates[max(gates, key=int)] if gates else {}
-
-
 def _baselines(variant: str, variants: Sequence[str]) -> List[str]:
     """The runs ``variant`` is paired with: its method's baselines that ran, each in the same
     gate variant where it is gated (STSN with a scheduled gate against SSN with one)."""
@@ -503,14 +510,16 @@ def _present(metrics: Dict, absent: Sequence[str]) -> Dict:
 
 
 def _curve(history: Dict, key: str = "mAP") -> str:
-    """``iteration: mAP`` at each evaluation, with the gates' mean opening where recorded."""
+    """``iteration: mAP`` at each evaluation, with the gates' mean opening and the sampling
+    locations' spread where recorded."""
     evals = sorted(history["evals"].items(), key=lambda item: int(item[0]))
-    gates = history.get("gates", {})
     cells = []
     for it, metrics in evals:
         cell = f"{it}: {metrics[key]:.1f}"
-        if gates.get(it):
-            cell += f" [{np.mean(list(gates[it].values())):.2f}]"
+        for record in RECORDS:
+            values = _records(history, record[:-1], it)
+            if values:
+                cell += f" [{record[:-1]} {np.mean(list(values.values())):.2f}]"
         cells.append(cell)
     return ", ".join(cells)
 
@@ -701,13 +710,13 @@ def main():
         for name, maps in key_frames.items():
             cells = ", ".join(f"{m} {key:.1f} / {other:.1f}" for m, (key, other) in maps.items())
             print(f"  {name}'s frames: {cells}")
-    gates = {v: [_final_gates(runs[v, s][1]) for s in args.seeds] for v in variants}
+    gates = {v: [_records(runs[v, s][1], "gate") for s in args.seeds] for v in variants}
     print("\nResidual gates' opening at the end (0: closed, 1: the paper's module; seeds):")
     for name, per_seed in gates.items():
         for gate in per_seed[0]:
             values = " ".join(f"{g[gate]:.2f}" for g in per_seed)
             print(f"  {name} {gate}: {values}")
-    print(f"\nFine-tuning curves (seed {args.curve_seed}, mAP [gates' mean opening] by iteration):")
+    print(f"\nFine-tuning curves (seed {args.curve_seed}, mAP [records] by iteration):")
     for name in variants:
         print(f"  {name}: {_curve(runs[name, args.curve_seed][1])}")
     if iteration0:

@@ -18,7 +18,7 @@ import numpy as np
 from stsn_diagnostics import load_trained
 
 from vod_d2.engine import VideoTrainer
-from vod_d2.modeling.temporal.gate import GATES, PositionGate, gate_opening
+from vod_d2.modeling.temporal.gate import Gate, PositionGate, gate_opening
 
 
 def _record_position_gates(model):
@@ -48,7 +48,7 @@ def main():
     if not any(key == "MODEL.WEIGHTS" for key in args.opts[::2]):
         parser.error("give the trained weights: MODEL.WEIGHTS path/to/model_final.pth")
     cfg, model = load_trained(args)
-    gates = [m for m in model.modules() if isinstance(m, GATES)]
+    gates = [m for m in model.modules() if isinstance(m, Gate)]
     if not gates:
         parser.error(f"{args.config_file} has no residual gate (MODEL.VIDEO.IDENTITY_INIT False?)")
     trained = [{k: v.clone() for k, v in g.state_dict().items()} for g in gates]

@@ -94,3 +94,31 @@ def test_fine_tuning_from_weights_for_another_class_count(tmp_path, caplog):
         "roi_heads.box_predictor.bbox_pred"
     ]
     assert trainer.model.roi_heads.box_predictor.cls_score.out_features == 6
+
+
+@pytest.mark.usefixtures("synthetic_datasets")
+def test_metrics_hold_the_gates_opening_and_the_sampling_locations_by_iteration(tmp_path):
+    """ModuleRecordsWriter: the scheduled gates of LSTS open on schedule in metrics.json, and
+    its sampling locations' spread is recorded beside them."""
+    import json
+
+    from _testing import synthetic_cfg
+
+    cfg = synthetic_cfg(
+        "lsts",
+        **{
+            "MODEL.VIDEO.GATE.KIND": "scheduled", "MODEL.VIDEO.GATE.OPEN_ITERS": 30,
+            "SOLVER.MAX_ITER": 20, "SOLVER.IMS_PER_BATCH": 2, "SOLVER.WARMUP_ITERS": 1,
+            "OUTPUT_DIR": str(tmp_path),
+        },
+    )  # fmt: skip
+    _train(cfg)
+    with open(tmp_path / "metrics.json") as f:
+        entries = [json.loads(line) for line in f]
+    last = entries[-1]
+    assert last["iteration"] == 19
+    # The last training forward ran at iteration 19: g = 19 / 30.
+    for unit in ("srfu", "dfa"):
+        assert last[f"gate/key_frames.fusion.{unit}.residual_gate"] == pytest.approx(19 / 30)
+    spread = last["locations_rms/key_frames.fusion.sampling"]
+    assert 0.5 < spread < 3.0  # Gaussian unit-variance init: about sqrt(2)

@@ -14,7 +14,6 @@ from detectron2.utils import comm
 from ..checkpoint import VideoCheckpointer
 from ..data import FrameReadError, build_video_test_loader, build_video_train_loader, check_datasets
 from ..evaluation import VIDEvaluator
-from ..modeling.temporal.gate import gate_opening
 from ..postprocessing import seq_nms_instances, seq_nms_kwargs_from_config
 from .inference import inference_on_videos
 from .optimizer import build_optimizer
@@ -91,11 +90,12 @@ def _cpu_aware_ddp():
         d2_defaults.create_ddp_model = _create_ddp_model
 
 
-class GateOpeningWriter(HookBase):
+class ModuleRecordsWriter(HookBase):
     """
-    Puts how far each residual gate of the model is open (:func:`gate_opening`) into the event
-    storage as ``gate/<module name>`` every ``period`` iterations, so that metrics.json holds
-    each gate's curve beside the losses.
+    Puts what the model's modules report of themselves into the event storage every ``period``
+    iterations, so that metrics.json holds their curves beside the losses: every module with a
+    ``training_records()`` method returning ``{record: value}`` gets ``<record>/<module name>``
+    (the residual gates' opening, ``gate/...``; LSTS's sampling locations, ``locations_rms/...``).
     """
 
     def __init__(self, model, period: int = 20):
@@ -111,11 +111,14 @@ class GateOpeningWriter(HookBase):
         iteration = self.trainer.iter + 1
         if iteration % self._period and iteration != self.trainer.max_iter:
             return
-        openings = gate_opening(self._model)
-        if openings:
-            self.trainer.storage.put_scalars(
-                **{f"gate/{name}": value for name, value in openings.items()}, smoothing_hint=False
-            )
+        records = {
+            f"{record}/{name}": value
+            for name, module in self._model.named_modules()
+            if callable(getattr(module, "training_records", None))
+            for record, value in module.training_records().items()
+        }
+        if records:
+            self.trainer.storage.put_scalars(**records, smoothing_hint=False)
 
 
 class VideoTrainer(DefaultTrainer):
@@ -147,12 +150,12 @@ class VideoTrainer(DefaultTrainer):
             train_loop_logger.removeFilter(no_traceback)
 
     def build_hooks(self):
-        """detectron2's hooks, with :class:`GateOpeningWriter` before its periodic writer."""
+        """detectron2's hooks, with :class:`ModuleRecordsWriter` before its periodic writer."""
         hooks = super().build_hooks()
         writer = next(
             (i for i, h in enumerate(hooks) if isinstance(h, d2_hooks.PeriodicWriter)), len(hooks)
         )
-        hooks.insert(writer, GateOpeningWriter(self.model))
+        hooks.insert(writer, ModuleRecordsWriter(self.model))
         return hooks
 
     @classmethod

@@ -300,6 +300,12 @@ class DeformableSimilaritySampling(nn.Module):
                 grid = torch.stack(torch.meshgrid(steps, steps, indexing="ij"), dim=-1)
                 self.offsets.copy_(grid.reshape(-1, 2))
 
+    def training_records(self):
+        """What the trainer records of the learned locations
+        (:class:`vod_d2.engine.trainer.ModuleRecordsWriter`): their root-mean-square distance
+        from the sampled position, in feature cells (how far they spread)."""
+        return {"locations_rms": float(self.offsets.detach().pow(2).sum(dim=1).mean().sqrt())}
+
     def forward(self, query, key, value, offsets=None):
         """
         Args:

@@ -38,8 +38,8 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 __all__ = [
-    "GATES",
     "GATE_KINDS",
+    "Gate",
     "GateSpec",
     "PositionGate",
     "ResidualGate",
@@ -59,7 +59,23 @@ def _check_shapes(gate: nn.Module, reference: torch.Tensor, aggregated: torch.Te
         )
 
 
-class ResidualGate(nn.Module):
+class Gate(nn.Module):
+    """What every gate has: how far it is open, a way to fix it there, and the trainer's record
+    of it (:class:`vod_d2.engine.trainer.ModuleRecordsWriter`)."""
+
+    def opening(self) -> float:
+        """How far the gate is open: 0 the reference (the start), 1 the paper's module."""
+        raise NotImplementedError
+
+    def fix_opening(self, value: float) -> None:
+        """Fix the opening at ``value`` (diagnostics: closed, open, in between)."""
+        raise NotImplementedError
+
+    def training_records(self) -> Dict[str, float]:
+        return {"gate": self.opening()}
+
+
+class ResidualGate(Gate):
     """``reference + gamma * (aggregated - reference)``, one ``gamma`` per channel, zero at init."""
 
     def __init__(self, channels: int):
@@ -88,14 +104,14 @@ class ResidualGate(nn.Module):
 
     @torch.no_grad()
     def fix_opening(self, value: float) -> None:
-        """Set every channel's gamma to ``value`` (diagnostics: closed, open, in between)."""
+        """Set every channel's gamma to ``value``."""
         self.gamma.fill_(value)
 
     def extra_repr(self) -> str:
         return f"channels={self.gamma.numel()}"
 
 
-class ScheduledGate(nn.Module):
+class ScheduledGate(Gate):
     """
     ``reference + g * (aggregated - reference)`` with ``g = min(1, iteration / open_iters)``,
     ``iteration`` that of detectron2's training loop (its ``EventStorage``), read at every
@@ -144,7 +160,7 @@ class ScheduledGate(nn.Module):
         return f"open_iters={self.open_iters}"
 
 
-class PositionGate(nn.Module):
+class PositionGate(Gate):
     """
     ``reference + g * (aggregated - reference)`` with ``g`` (one value per position) a 1x1 conv
     of the two maps concatenated, weights and bias zero at init.
@@ -232,13 +248,10 @@ def maybe_gate(identity_init: bool, channels: int, spec: GateSpec = GateSpec()):
     return ResidualGate(channels)
 
 
-GATES = (ResidualGate, ScheduledGate, PositionGate)
-
-
 def gate_opening(model: nn.Module) -> Dict[str, float]:
     """
     How far each gate of ``model`` is open (0: the single-frame start, 1: the paper's module),
     by module name: the mean ``gamma``, the schedule's ``g`` or the position gates' mean ``g``
     over the last training batch.
     """
-    return {name: m.opening() for name, m in model.named_modules() if isinstance(m, GATES)}
+    return {name: m.opening() for name, m in model.named_modules() if isinstance(m, Gate)}
