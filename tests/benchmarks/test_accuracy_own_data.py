@@ -6,11 +6,11 @@ tags), as ImageNet VID's own do.
 
 import json
 import re
-import subprocess
-import sys
+import shlex
 from pathlib import Path
 
 import pytest
+from _testing import REPO_ROOT, run_readme_command
 
 from vod_d2.data.synthetic import SYNTHETIC_CLASSES, generate_synthetic_dataset
 
@@ -49,10 +49,10 @@ def own_data(tmp_path_factory):
     return datasets
 
 
-def _run(args, cwd=None):
-    result = subprocess.run(
-        [sys.executable, *map(str, args)], capture_output=True, text=True, cwd=cwd
-    )
+def _run(folder, script, *args):
+    """``python benchmarks/SCRIPT ARGS...`` as the README runs it, from ``folder``."""
+    command = ["python", str(REPO_ROOT / "benchmarks" / script), *map(str, args)]
+    result = run_readme_command(folder, shlex.join(command), timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -60,13 +60,11 @@ def _run(args, cwd=None):
 def test_accuracy_on_own_data_reports_the_subsets_it_has(own_data, tmp_path):
     output = tmp_path / "accuracy"
     stdout = _run(
-        [
-            "benchmarks/accuracy.py", "--methods", "rfcn", "lsts", "--seeds", "0", "1", "2",
-            "--warm-iters", 8, "--iters", 3, "--samples", 20,
-            "--datasets-file", own_data, "--train", "my_train", "--test", "my_val",
-            "--opts", *SMALL, "--output", output, "--json", tmp_path / "result.json",
-        ]  # fmt: skip
-    )
+        tmp_path, "accuracy.py", "--methods", "rfcn", "lsts", "--seeds", "0", "1", "2",
+        "--warm-iters", 8, "--iters", 3, "--samples", 20,
+        "--datasets-file", own_data, "--train", "my_train", "--test", "my_val",
+        "--opts", *SMALL, "--output", output, "--json", tmp_path / "result.json",
+    )  # fmt: skip
     result = json.loads((tmp_path / "result.json").read_text())
 
     present = {"all", "clean", "occluded", "degraded"}
@@ -119,18 +117,16 @@ def test_gate_diagnostics_on_a_dataset_declared_in_a_datasets_file(own_data, tmp
 
     from vod_d2.engine import load_config
 
-    config = "configs/synthetic/stmn_rfcn.yaml"
+    config = str(REPO_ROOT / "configs" / "synthetic" / "stmn_rfcn.yaml")
     cfg = load_config(config, SMALL)
     weights = tmp_path / "model_final.pth"
     torch.manual_seed(0)
     DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("model_final")
     stdout = _run(
-        [
-            "benchmarks/gate_diagnostics.py", "--gammas", 0, 1, "--config-file", config,
-            "DATASETS.FILE", own_data, "DATASETS.TEST", '("my_val",)', "MODEL.WEIGHTS", weights,
-            *SMALL,
-        ]  # fmt: skip
-    )
+        tmp_path, "gate_diagnostics.py", "--gammas", 0, 1, "--config-file", config,
+        "DATASETS.FILE", own_data, "DATASETS.TEST", '("my_val",)', "MODEL.WEIGHTS", weights,
+        *SMALL,
+    )  # fmt: skip
     header = next(line for line in stdout.splitlines() if line.startswith("gates  "))
     assert "mAP_occluded" in header.split() and "mAP_motion_blur" not in header.split()
     assert any(line.startswith("gamma=1") for line in stdout.splitlines())
