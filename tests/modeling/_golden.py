@@ -4,7 +4,10 @@ Fixed weights and inputs for the "same detections as before the streaming-core r
 Weights come from each parameter's *name* (not from the order modules are built in), so a
 refactor that keeps parameter names and shapes reproduces them exactly. ``golden_detections.pt``
 holds the detections of commit ecdcea7 (the last one before the redesign) on these weights and
-the video of :func:`golden_video`; regenerate it only if a change is meant to alter detections.
+the video of :func:`golden_video`, made in a tree of ecdcea7: its model of
+``configs/synthetic/{name}.yaml`` at :func:`golden_cfg`'s sizes, filled by ``fill_by_name``,
+called on the whole video (as models ran then). Regenerate it only if a change is meant to alter
+detections.
 """
 
 from _testing import fill_by_name, random_video, synthetic_cfg
