@@ -30,6 +30,12 @@ alternative); the tables give each gate's opening at the end and along the curve
 evaluations (``--curve-points``). Offline methods are also evaluated causally (their online
 column) unless ``--no-online``.
 
+**Flow networks.** ``--flows flownet raft raft_synthetic zero oracle`` runs DFF and Impression
+once per flow network: FlowNet-S pretrained on synthetic pairs (``--flow-iters``, the default),
+RAFT-small from ``--raft-weights`` (FlyingChairs + FlyingThings3D), the same fine-tuned on
+synthetic pairs (``--raft-iters``), and two diagnostic bounds: zero flow (no motion
+compensation) and the synthetic generator's exact flow (``oracle``, synthetic data only).
+
 ``--iteration0`` also evaluates every run at fine-tuning iteration 0 (the warm start loaded
 into it); ``--second-warm-start HEAD`` trains that head's warm start again with seed 1 and
 reports how far the two are apart (the baseline's own spread).
@@ -173,22 +179,64 @@ GATE_VARIANTS = {
 }
 
 
-def _variants(name: str, gates: Sequence[str]) -> List[str]:
-    """The runs of method ``name``: ``name/gate`` for each of ``gates`` if it is gated."""
-    if not gates or not METHODS[name].gated:
-        return [name]
-    return [f"{name}/{gate}" for gate in gates]
+@dataclass(frozen=True)
+class FlowVariant:
+    """A flow network of the flow-guided methods (--flows)."""
+
+    opts: Tuple = ()  # config options
+    raft: bool = False  # starts from --raft-weights (RAFT-small, FlyingChairs + FlyingThings3D)
+    # tools/pretrain_flow.py's options of its synthetic (pre)training, None for none
+    pretrain: Optional[Tuple[str, ...]] = None
+    iters: str = "flow_iters"  # the argument giving that training's steps
+
+
+_RAFT = ("MODEL.FLOW.NAME", "RAFTSmall")
+# The diagnostic bounds (zero, oracle) and the flow networks of DFF and Impression; "flownet" is
+# what a flow method runs without --flows.
+FLOW_VARIANTS = {
+    "flownet": FlowVariant(pretrain=()),
+    "raft": FlowVariant(_RAFT, raft=True),
+    "raft_synthetic": FlowVariant(
+        _RAFT,
+        raft=True,
+        pretrain=("--lr", "1e-4", "--background-first", "0", "--clip-grad", "1"),
+        iters="raft_iters",
+    ),
+    "zero": FlowVariant(("MODEL.FLOW.NAME", "ZeroFlow")),
+    "oracle": FlowVariant(("MODEL.FLOW.NAME", "SyntheticOracleFlow")),
+}
+
+
+def _variants(name: str, gates: Sequence[str], flows: Sequence[str]) -> List[str]:
+    """
+    The runs of method ``name``: ``name`` followed by ``/gate`` for each of ``gates`` if it is
+    gated and by ``/flow`` for each of ``flows`` if it is flow-guided (every combination).
+    """
+    variants = [name]
+    for tags, applies in ((gates, METHODS[name].gated), (flows, METHODS[name].flow)):
+        if tags and applies:
+            variants = [f"{v}/{tag}" for v in variants for tag in tags]
+    return variants
 
 
 def _method(variant: str) -> str:
-    """The method (config) name of a run ``name`` or ``name/gate``."""
+    """The method (config) name of a run ``name[/gate][/flow]``."""
     return variant.split("/")[0]
 
 
+def _flow_tag(variant: str) -> Optional[str]:
+    """The flow network of a run of a flow-guided method ("flownet" unless it names one)."""
+    if not METHODS[_method(variant)].flow:
+        return None
+    return next((t for t in variant.split("/")[1:] if t in FLOW_VARIANTS), "flownet")
+
+
 def _variant_opts(variant: str) -> List:
-    """The config options of a run's gate variant (none for a plain method name)."""
-    _, _, gate = variant.partition("/")
-    return list(GATE_VARIANTS[gate]) if gate else []
+    """The config options of a run's gate and flow variants (none for a plain method name)."""
+    opts = []
+    for tag in variant.split("/")[1:]:
+        opts += list(GATE_VARIANTS[tag]) if tag in GATE_VARIANTS else list(FLOW_VARIANTS[tag].opts)
+    return opts
 
 
 def _config(name: str) -> str:
@@ -319,29 +367,39 @@ def _warm_start(head: str, seed: int, args) -> Tuple[str, Dict]:
     return os.path.join(output, "model_final.pth"), history
 
 
-def _pretrained_flow(name: str, args) -> str:
-    """The synthetic flow pretraining of ``name``'s flow network (once: cached)."""
+def _flow_weights(name: str, tag: str, args) -> str:
+    """
+    MODEL.FLOW.WEIGHTS of method ``name`` with the flow network ``tag`` (:data:`FLOW_VARIANTS`):
+    its synthetic (pre)training's checkpoint (run once: cached), the RAFT-small weights, or
+    "" for a network without weights.
+    """
+    variant = FLOW_VARIANTS[tag]
+    opts = list(variant.opts) + (["MODEL.FLOW.WEIGHTS", args.raft_weights] if variant.raft else [])
+    if variant.pretrain is None:
+        return args.raft_weights if variant.raft else ""
     cfg = _cfg(name)
-    flow = cfg.MODEL.FLOW
+    cfg.merge_from_list(opts)
+    flow, iters = cfg.MODEL.FLOW, getattr(args, variant.iters)
     key = hashlib.sha1(
-        f"{flow.NAME}{flow.FLOWNET}{flow.RAFT}{cfg.INPUT.FORMAT}{args.flow_iters}".encode()
+        f"{flow}{cfg.INPUT.FORMAT}{cfg.INPUT.MIN_SIZE_TEST}{iters}{variant.pretrain}".encode()
     ).hexdigest()[:10]
-    path = os.path.join(args.output, "flow", f"{flow.NAME}-{args.flow_iters}-{key}.pth")
+    path = os.path.join(args.output, "flow", f"{flow.NAME}-{tag}-{iters}-{key}.pth")
     if not os.path.isfile(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         command = [
             sys.executable, os.path.join(ROOT, "tools", "pretrain_flow.py"),
-            "--config-file", _config(name), "--iters", str(args.flow_iters), "--output", path,
+            "--config-file", _config(name), "--iters", str(iters), "--output", path,
+            "--eval-period", str(max(1, iters // 10)), *variant.pretrain, *map(str, opts),
         ]  # fmt: skip
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-        log = os.path.join(args.output, "logs", f"flow-{name}.log")
+        log = os.path.join(args.output, "logs", f"flow-{name}-{tag}.log")
         with open(log, "w") as f:
             if subprocess.call(command, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT):
                 raise RuntimeError(f"{' '.join(command)} failed; see {log}")
     return path
 
 
-def _fine_tune_opts(args, variant: str, seed: int, warm: str, flow: Optional[str]) -> List:
+def _fine_tune_opts(args, variant: str, seed: int, warm: str) -> List:
     """Every run's fine-tuning (module docstring, step 3)."""
     head = HEADS[METHODS[_method(variant)].head]
     lr = _schedule_lr(_cfg(head.config))
@@ -353,10 +411,7 @@ def _fine_tune_opts(args, variant: str, seed: int, warm: str, flow: Optional[str
         "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", head.clip, "SEED", seed,
         "TEST.EVAL_PERIOD", args.iters // args.curve_points if seed == args.curve_seed else 0,
     ]  # fmt: skip
-    opts += _variant_opts(variant)
-    if flow:
-        opts += ["MODEL.FLOW.WEIGHTS", flow]
-    return opts
+    return opts + _variant_opts(variant)
 
 
 def _detections(run: str, test: str, image_index: Dict[int, int]):
@@ -460,12 +515,16 @@ class _Evaluation:
 
 
 def _baselines(variant: str, variants: Sequence[str]) -> List[str]:
-    """The runs ``variant`` is paired with: its method's baselines that ran, each in the same
-    gate variant where it is gated (STSN with a scheduled gate against SSN with one)."""
-    _, _, gate = variant.partition("/")
+    """The runs ``variant`` is paired with: its method's baselines that ran, each with the
+    variant's gate where it is gated and its flow network where it is flow-guided (STSN with a
+    scheduled gate against SSN with one, Impression with RAFT against DFF with RAFT)."""
+    tags = variant.split("/")[1:]
     out = []
     for base in METHODS[_method(variant)].baselines:
-        base = f"{base}/{gate}" if gate and METHODS[base].gated else base
+        spec = METHODS[base]
+        for tag in tags:
+            if (tag in GATE_VARIANTS and spec.gated) or (tag in FLOW_VARIANTS and spec.flow):
+                base = f"{base}/{tag}"
         if base in variants:
             out.append(base)
     return out
@@ -559,7 +618,27 @@ def main():
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--iters", type=int, default=600, help="fine-tuning iterations")
     parser.add_argument("--warm-iters", type=int, help="warm-start iterations of every head")
-    parser.add_argument("--flow-iters", type=int, default=3000, help="flow pretraining steps")
+    parser.add_argument(
+        "--flow-iters", type=int, default=3000, help="FlowNet-S's synthetic pretraining steps"
+    )
+    parser.add_argument(
+        "--flows",
+        nargs="+",
+        default=[],
+        choices=list(FLOW_VARIANTS),
+        help="run every flow-guided method with each of these flow networks (name/flow); "
+        "zero and oracle are diagnostic bounds. Default: flownet",
+    )
+    parser.add_argument(
+        "--raft-weights",
+        default=os.path.join(
+            ROOT, "..", "shared", "weights", "raft_small_torchvision_chairs_things.pth"
+        ),
+        help="RAFT-small weights (FlyingChairs + FlyingThings3D) of the raft flows",
+    )
+    parser.add_argument(
+        "--raft-iters", type=int, default=500, help="raft_synthetic's fine-tuning steps"
+    )
     parser.add_argument("--new-module-lr-factor", type=float, default=10.0)
     parser.add_argument("--curve-seed", type=int, default=0, help="seed whose runs log curves")
     parser.add_argument("--samples", type=int, default=1000, help="bootstrap samples")
@@ -611,7 +690,9 @@ def main():
     for name in methods:
         if not os.path.isfile(_config(name)):
             parser.error(f"no config {_config(name)}")
-    variants = [v for m in methods for v in _variants(m, args.gates)]
+    variants = [v for m in methods for v in _variants(m, args.gates, args.flows)]
+    if any(FLOW_VARIANTS[t].raft for t in args.flows) and not os.path.isfile(args.raft_weights):
+        parser.error(f"--raft-weights {args.raft_weights} does not exist")
     datasets_file = os.path.abspath(args.datasets_file) if args.datasets_file else ""
     args.data = Data(datasets_file, tuple(args.train), args.test, tuple(args.opts))
     try:
@@ -625,7 +706,14 @@ def main():
     heads = sorted({METHODS[m].head for m in methods})
     warm_jobs = [(h, 0) for h in heads] + [(h, 1) for h in args.second_warm_start]
     warm = dict(zip(warm_jobs, pool.map(lambda job: _warm_start(*job, args), warm_jobs)))
-    flows = {m: _pretrained_flow(m, args) for m in methods if METHODS[m].flow}
+    flow_jobs = dict.fromkeys((_method(v), _flow_tag(v)) for v in variants if _flow_tag(v))
+    flows = {job: _flow_weights(*job, args) for job in flow_jobs}
+
+    def flow_opts(variant: str) -> List:
+        """MODEL.FLOW.WEIGHTS of a run, if its flow network has weights."""
+        tag = _flow_tag(variant)
+        weights = flows[_method(variant), tag] if tag else ""
+        return ["MODEL.FLOW.WEIGHTS", weights] if weights else []
 
     def file_name(variant: str) -> str:
         return variant.replace("/", "-")
@@ -634,7 +722,7 @@ def main():
         variant, seed = job
         name = _method(variant)
         checkpoint = warm[METHODS[name].head, 0][0]
-        opts = _fine_tune_opts(args, variant, seed, checkpoint, flows.get(name))
+        opts = _fine_tune_opts(args, variant, seed, checkpoint) + flow_opts(variant)
         digest = _digest(name, args.data_key, opts)
         output = os.path.join(args.output, "runs", f"{name}-{digest}", f"seed{seed}")
         log = os.path.join(args.output, "logs", f"{file_name(variant)}-seed{seed}.log")
@@ -651,7 +739,7 @@ def main():
         name, run = _method(variant), outputs[variant, seed]
         opts = args.data.run_opts(args.data.train) + _variant_opts(variant)
         opts += ["MODEL.WEIGHTS", os.path.join(run, "model_final.pth")]
-        opts += _online_opts(name) + (["MODEL.FLOW.WEIGHTS", flows[name]] if name in flows else [])
+        opts += _online_opts(name) + flow_opts(variant)
         log = os.path.join(args.output, "logs", f"online-{file_name(variant)}-seed{seed}.log")
         _train(_config(name), os.path.join(run, "online"), opts, args.threads, log, True)
         return (f"{variant} online", seed), os.path.join(run, "online")
@@ -680,7 +768,7 @@ def main():
             checkpoint = warm[METHODS[name].head, 0][0]
             opts = args.data.run_opts(args.data.train) + ["MODEL.WEIGHTS", checkpoint]
             opts += _variant_opts(variant)
-            opts += ["MODEL.FLOW.WEIGHTS", flows[name]] if name in flows else []
+            opts += flow_opts(variant)
             digest = _digest(name, args.data_key, opts)
             output = os.path.join(args.output, "iteration0", f"{name}-{digest}")
             log = os.path.join(args.output, "logs", f"iteration0-{file_name(variant)}.log")

@@ -1,0 +1,23 @@
+"""benchmarks/accuracy.py's runs per residual gate and flow network, and their pairs."""
+
+from accuracy import _baselines, _flow_tag, _variant_opts, _variants
+
+
+def test_gate_and_flow_variants_apply_to_the_methods_that_have_them():
+    assert _variants("rfcn", ["scheduled"], ["zero"]) == ["rfcn"]
+    assert _variants("dff", ["scheduled"], ["zero", "raft"]) == ["dff/zero", "dff/raft"]
+    assert _variants("impression", ["channel", "paper"], ["oracle"]) == [
+        "impression/channel/oracle",
+        "impression/paper/oracle",
+    ]
+    assert _variant_opts("impression/paper/zero") == [
+        "MODEL.VIDEO.IDENTITY_INIT", False, "MODEL.FLOW.NAME", "ZeroFlow",
+    ]  # fmt: skip
+    assert _flow_tag("impression/scheduled") == "flownet" and _flow_tag("stmn_rfcn") is None
+
+
+def test_a_variant_is_paired_with_its_baselines_in_the_same_gate_and_flow():
+    runs = ["rfcn", "dff/raft", "dff/zero", "ssn_rfcn/position", "ssn_rfcn/scheduled"]
+    assert _baselines("impression/scheduled/raft", runs) == ["rfcn", "dff/raft"]
+    assert _baselines("stsn_rfcn/scheduled", runs) == ["rfcn", "ssn_rfcn/scheduled"]
+    assert _baselines("stsn_rfcn/channel", runs) == ["rfcn"]  # no channel SSN ran
