@@ -70,7 +70,7 @@ def check_deform_conv2d_inputs(
     Raises:
         ValueError: shapes, dtypes or devices that do not fit together.
         FloatingPointError: NaN offsets (or mask), which torchvision would turn into reads
-            outside ``input``; they mean the model has diverged.
+            outside ``input``; they mean the model has diverged (checked in eager mode).
     """
     if input.dim() != 4 or offset.dim() != 4:
         raise ValueError(
@@ -112,6 +112,10 @@ def check_deform_conv2d_inputs(
     ):
         found = ", ".join(f"{k} {t.dtype} on {t.device}" for k, t in tensors.items())
         raise ValueError(f"deform_conv2d: all tensors need one dtype and device, got {found}")
+    if torch.compiler.is_compiling():
+        # A traced graph (torch.compile, torch.export) has no values to check: the check would
+        # be a branch on data, which a graph cannot hold.
+        return
     for name in ("offset", "mask"):
         values = tensors.get(name)
         if values is not None and bool(torch.isnan(values).any()):
