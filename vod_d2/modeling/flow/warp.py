@@ -13,7 +13,12 @@ __all__ = ["warp"]
 def _exact_extent(size: int) -> int:
     """Smallest ``2**k + 1 >= size`` (at least 2): an extent whose ``extent - 1`` is a power of
     two, so that normalising integer coordinates by it is exact in floating point."""
-    return (1 << max(size - 2, 0).bit_length()) + 1
+    # A loop rather than int.bit_length, which TorchDynamo folds to 0 (it traces the branches
+    # of the torch.cond that an exported key-frame step runs this in).
+    extent = 2
+    while extent < size:
+        extent = 2 * extent - 1
+    return extent
 
 
 def warp(feature: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
