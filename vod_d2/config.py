@@ -304,9 +304,16 @@ def _add_flow_config(cfg):
     cfg.MODEL.FLOW.NAME = "FlowNetS"
     # Flow checkpoint loaded when the model is built (MODEL.WEIGHTS, loaded later, overrides it
     # only where it holds flow keys). FlowNetS: a ClementPinard/FlowNetPytorch FlowNetS file, e.g.
-    # flownets_EPE1.951.pth.tar; RAFTSmall: a raft_small state dict file, or the name of a
-    # torchvision weights entry such as "Raft_Small_Weights.C_T_V2" (downloaded by torchvision).
+    # flownets_EPE1.951.pth.tar; RAFTSmall: the name of a torchvision weights entry,
+    # "Raft_Small_Weights.C_T_V1" (FlyingChairs + FlyingThings3D, downloaded by torchvision) or
+    # ".C_T_V2", or a file in either format: torchvision's raft_small state dict, or the
+    # authors' checkpoint (princeton-vl/RAFT raft-small.pth). Either network: a checkpoint of
+    # tools/pretrain_flow.py.
     cfg.MODEL.FLOW.WEIGHTS = ""
+    # The flow network sees the frames resized by this factor, and returns the flow at the
+    # feature stride 16 whatever it is. 0.5: the papers' (a 300-pixel flow input for 600-pixel
+    # frames); small frames (the synthetic 128 px) keep more motion detail at 1.0.
+    cfg.MODEL.FLOW.INPUT_SCALE = 0.5
     cfg.MODEL.FLOW.FLOWNET = CN()
     # Divides every FlowNet-S width: 1 is FlowNet-S (and what checkpoints need), e.g. 16 a tiny
     # net for CPU tests.

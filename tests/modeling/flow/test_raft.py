@@ -1,3 +1,6 @@
+import logging
+import re
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -140,3 +143,83 @@ def test_bad_settings_are_refused():
     net = build_flow_net(_cfg(), 4)
     with pytest.raises(ValueError, match="different shapes"):
         net(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 48))
+
+
+# The authors' layer names (princeton-vl/RAFT core/extractor.py and update.py) for torchvision's,
+# written from their code, independently of the loader's mapping.
+_TO_AUTHORS = (
+    (r"^feature_encoder\.", "fnet."),
+    (r"^context_encoder\.", "cnet."),
+    (r"^(fnet|cnet)\.convnormrelu\.0\.", r"\1.conv1."),
+    (r"^(fnet|cnet)\.conv\.", r"\1.conv2."),
+    (r"\.convnormrelu(\d)\.0\.", r".conv\1."),
+    (r"\.motion_encoder\.convcorr1\.0\.", ".encoder.convc1."),
+    (r"\.motion_encoder\.convflow(\d)\.0\.", r".encoder.convf\1."),
+    (r"\.motion_encoder\.conv\.0\.", ".encoder.conv."),
+    (r"\.recurrent_block\.convgru1\.", ".gru."),
+)
+
+
+def _authors_checkpoint(state):
+    """A torchvision raft_small state dict as the authors save it (DataParallel, their names)."""
+    authors = {}
+    for name, value in state.items():
+        for pattern, replacement in _TO_AUTHORS:
+            name = re.sub(pattern, replacement, name)
+        authors[f"module.{name}"] = value
+    return authors
+
+
+def test_both_raft_small_formats_load_into_the_same_network_with_the_same_outputs(tmp_path, caplog):
+    torch.manual_seed(6)
+    source = raft_small(weights=None)
+    state = source.state_dict()
+    authors = _authors_checkpoint(state)
+    # A few of the 106 names of the authors' raft-small.pth, as their file has them.
+    assert len(authors) == 106 and {
+        "module.fnet.conv1.weight", "module.fnet.layer2.0.downsample.0.bias",
+        "module.cnet.layer3.1.conv3.weight", "module.cnet.conv2.bias",
+        "module.update_block.encoder.convc1.weight", "module.update_block.encoder.convf2.bias",
+        "module.update_block.gru.convq.weight", "module.update_block.flow_head.conv2.bias",
+    } <= set(authors)  # fmt: skip
+    files = {"torchvision's state dict": tmp_path / "tv.pth", "the authors'": tmp_path / "a.pth"}
+    torch.save(state, files["torchvision's state dict"])
+    torch.save(authors, files["the authors'"])
+    cur, ref = _frames(1, 48, 64, seed=7)
+    outputs = []
+    for seed, (fmt, path) in enumerate(files.items()):
+        torch.manual_seed(10 + seed)  # each network starts elsewhere
+        cfg = _cfg()
+        cfg.MODEL.FLOW.WEIGHTS = str(path)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="vod_d2"):
+            net = build_flow_net(cfg, 4)
+        loaded = [r.getMessage() for r in caplog.records if "Loaded RAFT-small" in r.getMessage()]
+        assert len(loaded) == 1 and fmt in loaded[0] and str(path) in loaded[0], loaded
+        with torch.no_grad():
+            outputs.append(net(cur, ref)[0])
+    expected = build_flow_net(_cfg(), 4)
+    expected.raft.load_state_dict(state)
+    with torch.no_grad():
+        expected_flow = expected(cur, ref)[0]
+    assert expected_flow.abs().max() > 0
+    for flow in outputs:
+        assert torch.equal(flow, expected_flow)
+
+
+def test_an_unknown_weights_format_is_one_clear_error(tmp_path):
+    flownet = {"state_dict": {"conv1.0.weight": torch.zeros(64, 6, 7, 7)}, "div_flow": 20}
+    cases = {"flownets.pth": flownet, "tensor.pth": torch.zeros(3), "empty.pth": {}}
+    for name, content in cases.items():
+        torch.save(content, tmp_path / name)
+    (tmp_path / "text.pth").write_text("not a checkpoint\n")
+    for name in [*cases, "text.pth"]:
+        cfg = _cfg()
+        cfg.MODEL.FLOW.WEIGHTS = str(tmp_path / name)
+        with pytest.raises(ValueError) as error:
+            build_flow_net(cfg, 4)
+        message = str(error.value)
+        assert "\n" not in message and str(tmp_path / name) in message, message
+        assert "is not a RAFT-small checkpoint" in message, message
+        assert "expected torchvision's raft_small state dict" in message, message
+        assert "or the authors' RAFT-small checkpoint" in message, message

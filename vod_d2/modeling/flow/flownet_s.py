@@ -2,6 +2,8 @@
 FlowNet-S (Dosovitskiy et al., ICCV 2015) as Deep Feature Flow runs it for video detection:
 on the two frames at half the feature network's resolution, with its flow and the scale map S
 taken at stride 8 of that input, i.e. the feature stride 16 of the full-resolution frame.
+``MODEL.FLOW.INPUT_SCALE`` s sets that resolution (the papers' 0.5 by default): the top map is
+then taken at ``16 * s`` of the network's input (see :meth:`FlowNetS._refine`).
 
 Architecture (widths at ``width_divisor=1``; every conv is followed by LeakyReLU(0.1) except the
 flow predictions; sizes for an input of h x w at half resolution):
@@ -15,12 +17,15 @@ flow predictions; sizes for an input of h x w at half resolution):
   prediction a 3x3 conv to 2 channels, each upsampling a 4x4/2 transposed conv on the 2-channel
   flow. concat_2 (194 channels) is at stride 4.
 * DFF's head: concat_2 is 2x2-average-pooled to stride 8, and both ``predict_flow2`` and the
-  1x1 scale-map conv read the pooled map.
+  1x1 scale-map conv read the pooled map. At another input scale s, concat_2 (at ``4 / s``
+  pixels of the frame) is resampled to the frame's stride 16 instead
+  (:meth:`~vod_d2.modeling.flow.base.FlowNetwork.to_feature_grid`: ``4 s`` x ``4 s`` average
+  pooling when that is an integer, e.g. 4x4 at s = 1).
 
 FlowNet is trained on flow divided by 20 (``div_flow``) and predicts, at every level, flow in
 pixels of its input divided by 20. At stride 8 of the input one feature pixel is 8 input pixels,
 so the flow in feature pixels is ``20 / 8 = 2.5`` times the prediction: DFF's
-``Convolution5 * 2.5``.
+``Convolution5 * 2.5`` (``20 / (16 s)`` in general).
 
 Pretrained weights (``MODEL.FLOW.WEIGHTS``): the PyTorch FlowNetS of ClementPinard/FlowNetPytorch
 (``models/FlowNetS.py``, ``batchNorm=False``), e.g. its ``flownets_EPE1.951.pth.tar`` trained on
@@ -58,8 +63,8 @@ _ENCODER = (
 )
 # Refinement levels, coarse to fine: (level, encoder map it joins, deconv width).
 _DECODER = ((5, "conv5_1", 512), (4, "conv4_1", 256), (3, "conv3_1", 128), (2, "conv2", 64))
-# The flow input's stride of concat_2 after DFF's pooling (stride 16 of the full frame).
-_FLOW_STRIDE = FEATURE_STRIDE // 2
+# The stride of concat_2, the refinement's last map, on the network's input.
+_TOP_STRIDE = 4
 
 
 def _leaky(x: torch.Tensor) -> torch.Tensor:
@@ -86,6 +91,7 @@ class FlowNetS(FlowNetwork):
         pixel_mean: Sequence[float] = (114.75, 110.16, 104.805),
         width_divisor: int = 1,
         div_flow: float = 20.0,
+        input_scale: float = 0.5,
     ):
         """
         Args:
@@ -97,8 +103,9 @@ class FlowNetS(FlowNetwork):
                 ``network_format`` order and [0, 255] units.
             width_divisor: divides every width (1: FlowNet-S; larger: a tiny net for tests).
             div_flow: the factor the weights' flow was divided by in training (FlowNet: 20).
+            input_scale: the network sees the frames resized by this factor (DFF: 0.5).
         """
-        super().__init__(feature_channels, input_format)
+        super().__init__(feature_channels, input_format, input_scale)
         if network_format not in ("BGR", "RGB"):
             raise ValueError(f"MODEL.FLOW.FLOWNET.FORMAT must be BGR or RGB, got {network_format}")
         if width_divisor < 1 or any(w % width_divisor for *_, w in _ENCODER):
@@ -151,6 +158,7 @@ class FlowNetS(FlowNetwork):
             "pixel_mean": cfg.MODEL.FLOW.FLOWNET.PIXEL_MEAN,
             "width_divisor": cfg.MODEL.FLOW.FLOWNET.WIDTH_DIVISOR,
             "div_flow": cfg.MODEL.FLOW.FLOWNET.DIV_FLOW,
+            "input_scale": cfg.MODEL.FLOW.INPUT_SCALE,
         }
 
     def forward(
@@ -164,7 +172,7 @@ class FlowNetS(FlowNetwork):
             (flow (N, 2, ceil(H/16), ceil(W/16)), scale (N, C, ceil(H/16), ceil(W/16))).
         """
         top, _ = self._refine(cur_images, ref_images)
-        flow = self.predict_flow2(top) * (self.div_flow / _FLOW_STRIDE)
+        flow = self.predict_flow2(top) * (self.div_flow / (FEATURE_STRIDE * self.input_scale))
         return flow, self.scale(top)
 
     def multiscale_flows(
@@ -176,9 +184,10 @@ class FlowNetS(FlowNetwork):
         given frames, with its stride in those pixels (128 .. 16, and 16).
         """
         top, levels = self._refine(cur_images, ref_images)
-        # A level predicts flow / div_flow in pixels of the half-resolution input.
-        flows = [(flow * self.div_flow * 2, 2 * stride) for flow, stride in levels]
-        flows.append((self.predict_flow2(top) * self.div_flow * 2, FEATURE_STRIDE))
+        # A level predicts flow / div_flow in pixels of the network's (scaled) input.
+        to_frame = self.div_flow / self.input_scale
+        flows = [(flow * to_frame, stride / self.input_scale) for flow, stride in levels]
+        flows.append((self.predict_flow2(top) * to_frame, FEATURE_STRIDE))
         return flows
 
     def _refine(
@@ -190,7 +199,7 @@ class FlowNetS(FlowNetwork):
         Returns:
             tuple: the pooled concat_2 (N, 194 / width_divisor, ceil(H/16), ceil(W/16)), and the
             refinement's flow predictions (flow6 .. flow3, each (N, 2, h, w) in units of
-            div_flow half-resolution pixels) with their strides on the half-resolution input.
+            div_flow pixels of the network's input) with their strides on that input.
         """
         if cur_images.shape != ref_images.shape:
             raise ValueError(
@@ -218,7 +227,9 @@ class FlowNetS(FlowNetwork):
             )
             up_feature = _leaky(_crop_like(getattr(self, f"deconv{level}")(x), target))
             x = torch.cat([target, up_feature, up_flow], dim=1)
-        return F.avg_pool2d(x, 2, ceil_mode=True), levels
+        # concat_2 is at stride 4 of the input, 4 / s pixels of the frame.
+        size = self.feature_size(cur_images)
+        return self.to_feature_grid(x, _TOP_STRIDE / self.input_scale, size), levels
 
     def load_pretrained(self, path: str) -> None:
         """Load a ClementPinard FlowNetS checkpoint (see :func:`load_flownets_checkpoint`)."""

@@ -14,22 +14,24 @@ FlowNet's weights 0.32, 0.08, 0.02, 0.01, 0.005 from the coarsest level to the s
 detector uses. Reported EPEs are those of that flow, in feature cells (pixels / 16). The scale
 map S is not trained here (no feature to scale): it stays 1, as it starts in the papers.
 :func:`pretrain_flow` returns the EPE on held-back pairs, with the EPE of zero flow (what an
-untrained FlowNet-S predicts) for comparison; :func:`save_pretrained` writes a checkpoint that
-``MODEL.FLOW.WEIGHTS`` loads (:meth:`FlowNetwork.pretrained_state`).
+untrained FlowNet-S predicts) for comparison, and the curve of that EPE during training;
+:func:`save_pretrained` writes a checkpoint that ``MODEL.FLOW.WEIGHTS`` loads
+(:meth:`FlowNetwork.pretrained_state`). A network built with ``MODEL.FLOW.WEIGHTS`` (RAFT-small
+from FlyingChairs + FlyingThings3D) is fine-tuned from them.
 """
 
 import logging
 import os
 import time
-from dataclasses import dataclass
-from typing import Dict, Iterator, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ...data.synthetic import flow_pair_rng, render_flow_pair
-from .base import FEATURE_STRIDE, FlowNetwork
+from .base import FEATURE_STRIDE, FlowNetwork, feature_flow
 
 __all__ = [
     "FlowPretrainResult",
@@ -54,27 +56,18 @@ class FlowPretrainResult:
         zero_epe (float): the same for zero flow.
         losses (list[float]): the training EPE of the stride-16 flow (feature cells), averaged
             over every ``log_period`` steps.
-        seconds (float): training time.
+        seconds (float): training time (the curve's evaluations excluded).
+        curve (list[dict]): the held-back EPE during training, every ``eval_period`` steps
+            from step 0 (the start) to the end: ``{"step", "epe", "zero_epe",
+            "background_epe", "background_zero_epe"}``, EPEs in feature cells on whole scenes
+            and on their backgrounds alone. Empty without ``eval_period``.
     """
 
     epe: float
     zero_epe: float
     losses: list
     seconds: float
-
-
-def feature_flow(flow: torch.Tensor) -> torch.Tensor:
-    """
-    Pixel flow -> the flow at the feature stride, in feature cells: the mean over each 16 x 16
-    cell (a partial cell at the border averages its pixels), divided by 16.
-
-    Args:
-        flow (Tensor): (N, 2, H, W) flow in pixels.
-
-    Returns:
-        Tensor: (N, 2, ceil(H / 16), ceil(W / 16)).
-    """
-    return F.avg_pool2d(flow, FEATURE_STRIDE, ceil_mode=True) / FEATURE_STRIDE
+    curve: List[Dict] = field(default_factory=list)
 
 
 def flow_pairs(
@@ -119,16 +112,33 @@ _LEVEL_WEIGHTS = (0.32, 0.08, 0.02, 0.01, 0.005)
 _LOSS_UNIT = 40.0
 
 
+def _pooled_like(flow: torch.Tensor, predicted: torch.Tensor, stride: float) -> torch.Tensor:
+    """
+    The ground truth at a prediction's cells: ``stride`` x ``stride`` pixels averaged (ceil
+    mode) when ``stride`` is an integer, else an adaptive average onto the prediction's size.
+    """
+    if float(stride).is_integer():
+        target = F.avg_pool2d(flow, int(stride), ceil_mode=True)
+    else:
+        target = F.adaptive_avg_pool2d(flow, predicted.shape[-2:])
+    if target.shape[-2:] != predicted.shape[-2:]:
+        raise ValueError(
+            f"a flow prediction of {tuple(predicted.shape[-2:])} cells at stride {stride} does "
+            f"not cover {tuple(flow.shape[-2:])}-pixel frames"
+        )
+    return target
+
+
 def _multiscale_loss(flow_net: FlowNetwork, cur, ref, flow) -> Tuple[torch.Tensor, float]:
     """The weighted multi-scale EPE, and the EPE of the stride-16 flow in feature cells."""
     levels = flow_net.multiscale_flows(cur, ref)
     weights = _LEVEL_WEIGHTS[-len(levels) :]
     loss = 0.0
     for (predicted, stride), weight in zip(levels, weights):
-        target = F.avg_pool2d(flow, stride, ceil_mode=True)
+        target = _pooled_like(flow, predicted, stride)
         loss = loss + weight * _epe(predicted, target) / _LOSS_UNIT
     final, stride = levels[-1]
-    return loss, _epe(final, F.avg_pool2d(flow, stride, ceil_mode=True)).item() / stride
+    return loss, _epe(final, _pooled_like(flow, final, stride)).item() / stride
 
 
 @torch.no_grad()
@@ -172,6 +182,9 @@ def pretrain_flow(
     held_back: int = 200,
     log_period: int = 100,
     background_first: float = 0.4,
+    eval_period: int = 0,
+    eval_pairs: int = 48,
+    clip_grad_norm: Optional[float] = None,
 ) -> FlowPretrainResult:
     """
     Train ``flow_net`` on synthetic pairs with FlowNet's multi-scale EPE (module docstring).
@@ -182,7 +195,10 @@ def pretrain_flow(
     of the steps see the panning backgrounds alone, then whole scenes. From whole scenes at once
     the network does not learn within a CPU budget (measured: 3000 steps end within 1% of zero
     flow's EPE): the objects' motions, up to 35 px on 128-px frames over 10 frames, drown the
-    background's; on backgrounds alone 800 steps take the EPE 39% below zero flow's.
+    background's; on backgrounds alone 800 steps take the EPE 39% below zero flow's. A network
+    that starts pretrained (RAFT-small's FlyingChairs + FlyingThings3D weights) needs no such
+    start: ``background_first`` 0, a smaller ``lr`` and ``clip_grad_norm`` (RAFT's training
+    clips at 1) fine-tune it.
 
     Args:
         flow_net: the network to train (its scale map is not trained).
@@ -192,20 +208,52 @@ def pretrain_flow(
         batch_size: pairs per step.
         lr: Adam's learning rate.
         seed: seed of the training pairs.
-        held_back: pairs of their own seed on which the EPE is reported.
+        held_back: pairs of their own seed on which the final EPE is reported.
         log_period: steps between logged losses.
         background_first: the share of the steps on backgrounds alone.
+        eval_period: steps between the points of the held-back EPE curve (0: no curve).
+        eval_pairs: held-back pairs of each curve point (the first of the ``held_back``).
+        clip_grad_norm: clip the gradients' norm to this before each step (None: no clipping).
 
     Returns:
         FlowPretrainResult
     """
-    params = [p for name, p in flow_net.named_parameters() if not name.startswith("scale.")]
+    params = [
+        p
+        for name, p in flow_net.named_parameters()
+        if not name.startswith("scale.") and p.requires_grad
+    ]
+    if not params:
+        raise ValueError(f"{type(flow_net).__name__} has no weights to train")
     optimizer = torch.optim.Adam(params, lr=lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [2 * iterations // 3], 0.1)
+    losses, window, curve = [], [], []
+    seconds = 0.0
+
+    def curve_point(step: int) -> None:
+        epe, zero = evaluate_epe(flow_net, eval_pairs, size, input_format)
+        background, background_zero = evaluate_epe(
+            flow_net, eval_pairs, size, input_format, objects=False
+        )
+        curve.append(
+            {
+                "step": step,
+                "epe": epe,
+                "zero_epe": zero,
+                "background_epe": background,
+                "background_zero_epe": background_zero,
+            }
+        )
+        logger.info(
+            f"flow pretraining step {step}: held-back EPE {epe:.4f} cells (zero flow "
+            f"{zero:.4f}), backgrounds {background:.4f} (zero flow {background_zero:.4f})"
+        )
+
+    if eval_period:
+        curve_point(0)
     flow_net.train()
-    losses, window = [], []
-    start = time.perf_counter()
     for step in range(iterations):
+        start = time.perf_counter()
         objects = step >= background_first * iterations
         cur, ref, flow = _batch(
             flow_pairs(seed, step * batch_size, batch_size, size, input_format, objects)
@@ -213,26 +261,35 @@ def pretrain_flow(
         loss, epe = _multiscale_loss(flow_net, cur, ref, flow)
         optimizer.zero_grad()
         loss.backward()
+        if clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
         optimizer.step()
         scheduler.step()
+        seconds += time.perf_counter() - start
         window.append(epe)
         if (step + 1) % log_period == 0 or step + 1 == iterations:
             losses.append(float(np.mean(window)))
             logger.info(f"flow pretraining {step + 1}/{iterations}: EPE {losses[-1]:.4f} cells")
             window = []
-    seconds = time.perf_counter() - start
+        if eval_period and ((step + 1) % eval_period == 0 or step + 1 == iterations):
+            curve_point(step + 1)
+            flow_net.train()
     epe, zero = evaluate_epe(flow_net, held_back, size, input_format)
     logger.info(
         f"held-back EPE {epe:.4f} feature cells ({epe * FEATURE_STRIDE:.2f} px) against "
         f"{zero:.4f} ({zero * FEATURE_STRIDE:.2f} px) for zero flow"
     )
-    return FlowPretrainResult(epe, zero, losses, seconds)
+    return FlowPretrainResult(epe, zero, losses, seconds, curve)
 
 
 def save_pretrained(flow_net: FlowNetwork, path: str, result: FlowPretrainResult) -> None:
     """Write ``flow_net``'s weights for ``MODEL.FLOW.WEIGHTS``, with the pretraining's EPEs."""
     checkpoint: Dict = flow_net.pretrained_state()
-    checkpoint["synthetic_pretraining"] = {"epe": result.epe, "zero_epe": result.zero_epe}
+    checkpoint["synthetic_pretraining"] = {
+        "epe": result.epe,
+        "zero_epe": result.zero_epe,
+        "curve": result.curve,
+    }
     partial = f"{path}.partial"
     torch.save(checkpoint, partial)
     os.replace(partial, path)
