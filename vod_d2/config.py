@@ -300,7 +300,10 @@ def _add_lsts_config(cfg):
 def _add_flow_config(cfg):
     """Flow networks of flow-guided methods (vod_d2.modeling.flow; DFF, Impression Network)."""
     cfg.MODEL.FLOW = CN()
-    # Name in FLOW_NET_REGISTRY: "FlowNetS" (the papers') or "RAFTSmall" (torchvision's RAFT).
+    # Name in FLOW_NET_REGISTRY: "FlowNetS" (the papers') or "RAFTSmall" (torchvision's RAFT);
+    # or a diagnostic bound (vod_d2.modeling.flow.diagnostic): "ZeroFlow" (no motion: the key
+    # feature is copied) or "SyntheticOracleFlow" (the synthetic generator's exact flow, for the
+    # built-in synthetic datasets only).
     cfg.MODEL.FLOW.NAME = "FlowNetS"
     # Flow checkpoint loaded when the model is built (MODEL.WEIGHTS, loaded later, overrides it
     # only where it holds flow keys). FlowNetS: a ClementPinard/FlowNetPytorch FlowNetS file, e.g.

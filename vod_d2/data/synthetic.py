@@ -28,7 +28,9 @@ inside the image, the share that the poles and the other objects leave visible) 
 :func:`write_flow_pairs` writes pairs of frames with their dense ground-truth flow (every
 pixel's motion is known: the background pans, every object translates and scales), the data
 :mod:`vod_d2.modeling.flow.pretrain` pretrains flow networks on, as the papers start FlowNet-S
-from FlyingChairs.
+from FlyingChairs. :func:`dataset_video_flow` gives the same exact flow between any two frames
+of a generated dataset's video (:func:`locate_dataset_frame` finds a frame file's video), which
+the diagnostic oracle flow network :class:`vod_d2.modeling.flow.SyntheticOracleFlow` returns.
 
 Command line (``--help`` lists the options)::
 
@@ -39,6 +41,7 @@ Command line (``--help`` lists the options)::
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -64,6 +67,9 @@ __all__ = [
     "render_video",
     "render_flow_pair",
     "generate_synthetic_dataset",
+    "locate_dataset_frame",
+    "dataset_frame_file",
+    "dataset_video_flow",
     "ensure_synthetic_dataset",
     "write_flow_pairs",
     "write_synthetic_video",
@@ -82,6 +88,9 @@ GENERATOR_VERSION = 4
 OCCLUDED_BELOW_VISIBLE = 0.5
 # Objects with fewer visible pixels than this are not annotated in the frame.
 _MIN_VISIBLE_PIXELS = 12
+# Each dataset split's part of its videos' seeds ([seed, code, index]; 2: DET, 3: demo videos,
+# 4: flow pairs).
+_SPLIT_CODES = {"train": 0, "val": 1}
 
 
 @dataclass(frozen=True)
@@ -405,12 +414,12 @@ def generate_synthetic_dataset(
         }
         lists: Dict[str, List[str]] = {"VID_train_15frames": [], "VID_val_videos": []}
         splits = (
-            ("train", num_train_videos, 0, num_frames),
-            ("val", num_val_videos, 1, val_num_frames or num_frames),
+            ("train", num_train_videos, num_frames),
+            ("val", num_val_videos, val_num_frames or num_frames),
         )
-        for split, count, code, (shortest, longest) in splits:
+        for split, count, (shortest, longest) in splits:
             for index in range(count):
-                rng = np.random.default_rng([seed, code, index])
+                rng = np.random.default_rng([seed, _SPLIT_CODES[split], index])
                 length = int(rng.integers(shortest, longest + 1))
                 video = render_video(rng, length, size, profile=profile)
                 snippet = _snippet_name(split, index)
@@ -427,7 +436,7 @@ def generate_synthetic_dataset(
         for index in range(num_det_images):
             rng = np.random.default_rng([seed, 2, index])
             still = render_video(rng, 1, size, degrade=())
-            path = f"train/SYNTHETIC_DET_train_0000/SYNTHETIC_DET_train_{index:08d}"
+            path = _det_name(index)
             _write_frame(tmp, "DET", path, still.frames[0], still.objects[0], [], track=False)
             det.append(f"{path} {index + 1}")
         lists["DET_train_30classes"] = det
@@ -584,6 +593,137 @@ def write_flow_pairs(
                 np.array([size[1], size[0]], np.int32).tofile(f)
                 np.ascontiguousarray(flow.transpose(1, 2, 0), np.float32).tofile(f)
     return output_dir
+
+
+def locate_dataset_frame(file_name: str) -> Tuple[str, str, int]:
+    """
+    Which video and frame of a generated synthetic dataset a frame file is.
+
+    Args:
+        file_name: a frame file of a tree :func:`generate_synthetic_dataset` wrote, as its
+            dataset records name it (``<root>/Data/VID/<snippet>/<t:06d>.JPEG``, or
+            ``<root>/Data/DET/<image>.JPEG`` for a still image).
+
+    Returns:
+        tuple: ``(root, video, t)``: the tree's root, the video as ``synthetic.json`` names it
+        (``"VID/val/SYNTHETIC_val_00000003"``; ``"DET/train/..."`` for a still image, a
+        one-frame video) and the frame's index in it.
+
+    Raises:
+        ValueError: (one line) for a file that is not a frame of such a tree, or of a tree of
+            another :data:`GENERATOR_VERSION`.
+    """
+    path = file_name.replace(os.sep, "/")
+    root, found, rest = path.rpartition("/Data/")
+    stem, extension = os.path.splitext(rest)
+    video, t = None, 0
+    if found and extension == ".JPEG" and stem.startswith("VID/"):
+        snippet, _, frame = stem[len("VID/") :].rpartition("/")
+        split, index = snippet.split("/")[0], snippet[-8:]
+        if split in _SPLIT_CODES and index.isdigit() and frame.isdigit():
+            if _snippet_name(split, int(index)) == snippet and f"{int(frame):06d}" == frame:
+                video, t = f"VID/{snippet}", int(frame)
+    elif found and extension == ".JPEG" and stem.startswith("DET/") and stem[-8:].isdigit():
+        if _det_name(int(stem[-8:])) == stem[len("DET/") :]:
+            video = stem
+    if video is None:
+        raise ValueError(
+            f"{file_name} is not a frame of a synthetic dataset (vod_d2.data.synthetic's "
+            "<root>/Data/VID/<snippet>/<frame>.JPEG or <root>/Data/DET/<image>.JPEG)"
+        )
+    _manifest(root)  # a synthetic tree of this generator's version, or a one-line error
+    return root, video, t
+
+
+def dataset_frame_file(root: str, video: str, t: int) -> str:
+    """The file of frame ``t`` of ``video`` (as :func:`locate_dataset_frame` names them)."""
+    if video.startswith("DET/"):
+        return f"{root}/Data/{video}.JPEG"
+    return f"{root}/Data/{video}/{t:06d}.JPEG"
+
+
+def dataset_video_flow(root: str, video: str, cur_t: int, ref_t: int) -> np.ndarray:
+    """
+    The exact flow between two frames of a generated dataset's video, as
+    :func:`render_flow_pair` gives it for its pairs (the same scene, rendered again from the
+    tree's seed).
+
+    Args:
+        root, video: as :func:`locate_dataset_frame` returns them.
+        cur_t, ref_t: the frames' indices.
+
+    Returns:
+        ndarray: (2, H, W) float32 in pixels, x first: pixel p of frame ``cur_t`` shows what
+        frame ``ref_t`` shows at ``p + flow(p)`` (:func:`vod_d2.modeling.flow.warp.warp`'s
+        convention).
+
+    Raises:
+        ValueError: naming the video, for a frame outside it or a scene that cannot be
+            rendered again (a tree written by other code).
+    """
+    manifest = _manifest(root)
+    if video.startswith("DET/"):
+        length = 1
+    else:
+        length = len(manifest["degradations"].get(video, ()))
+    if not (0 <= cur_t < length and 0 <= ref_t < length):
+        raise ValueError(
+            f"{root}: video {video} has {length} frames, not frames {cur_t} and {ref_t}"
+        )
+    if cur_t == ref_t:  # a still image, or a frame with itself
+        return np.zeros((2, *manifest["size"]), np.float32)
+    scene = _dataset_scene(root, video)
+    _, owner, _, _ = _render_frame(scene, cur_t, ("occlusion",))
+    return _scene_flow(scene, owner, cur_t, ref_t)
+
+
+@functools.lru_cache(maxsize=4)
+def _manifest(root: str) -> dict:
+    """The ``synthetic.json`` of the tree at ``root``, of this :data:`GENERATOR_VERSION`."""
+    try:
+        with open(os.path.join(root, "synthetic.json")) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        raise ValueError(
+            f"{root} is not a synthetic dataset: it has no readable synthetic.json"
+        ) from None
+    version = manifest.get("generator_version")
+    if version != GENERATOR_VERSION:
+        raise ValueError(
+            f"{root} was written by synthetic generator version {version}; this code renders "
+            f"version {GENERATOR_VERSION} (generate the tree again)"
+        )
+    return manifest
+
+
+@functools.lru_cache(maxsize=8)
+def _dataset_scene(root: str, video: str) -> _Scene:
+    """
+    The scene of a dataset video, sampled again as :func:`generate_synthetic_dataset` sampled
+    it, and checked against the frames' degradations that ``synthetic.json`` records.
+    """
+    manifest = _manifest(root)
+    degradations = manifest["degradations"][video]
+    split = video.split("/")[1]
+    index = int(video[-8:])
+    length = len(degradations)
+    # The generator drew the length from its (shortest, longest) range before the scene, and
+    # numpy's bounded draw takes the same 64-bit word for any range of several values (and none
+    # for a range of one): those two ranges replay it, the degradations tell which was right.
+    for bounds in ((0, 2), (length, length + 1)):
+        rng = np.random.default_rng([manifest["seed"], _SPLIT_CODES[split], index])
+        rng.integers(*bounds)
+        scene = _sample_scene(rng, length, tuple(manifest["size"]), _profile(manifest["profile"]))
+        if all(
+            (t in scene.blur) == ("motion_blur" in seen)
+            and (t in scene.defocus) == ("defocus" in seen)
+            for t, seen in enumerate(degradations)
+        ):
+            return scene
+    raise ValueError(
+        f"{root}: the scene of video {video} cannot be rendered again from synthetic.json (its "
+        "degradations differ): the tree was not written by this generator"
+    )
 
 
 @contextlib.contextmanager
@@ -835,6 +975,10 @@ def _snippet_name(split: str, index: int) -> str:
     if split == "train":
         return f"train/SYNTHETIC_VID_train_0000/SYNTHETIC_train_{index:08d}"
     return f"{split}/SYNTHETIC_{split}_{index:08d}"
+
+
+def _det_name(index: int) -> str:
+    return f"train/SYNTHETIC_DET_train_0000/SYNTHETIC_DET_train_{index:08d}"
 
 
 def _write_video(root: str, snippet: str, video: SyntheticVideo) -> None:

@@ -2,6 +2,7 @@
 
 from .base import FEATURE_STRIDE, FlowNetwork, ScaleMap
 from .build import FLOW_NET_REGISTRY, build_flow_net
+from .diagnostic import SyntheticOracleFlow, ZeroFlow
 from .flownet_s import FlowNetS, load_flownets_checkpoint
 from .raft import RAFTSmall
 from .warp import warp
@@ -15,5 +16,7 @@ __all__ = [
     "FlowNetS",
     "load_flownets_checkpoint",
     "RAFTSmall",
+    "SyntheticOracleFlow",
+    "ZeroFlow",
     "warp",
 ]

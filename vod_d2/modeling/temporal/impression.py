@@ -125,6 +125,7 @@ class ImpressionMemory(TemporalModule):
         self.residual_gate = maybe_gate(identity_init and memory, channels, residual_gate)
         self.impression: Optional[torch.Tensor] = None
         self.key_images: Optional[torch.Tensor] = None
+        self.key_frame_keys: Optional[torch.Tensor] = None
 
     @classmethod
     def from_config(cls, cfg, channels: int):
@@ -186,7 +187,11 @@ class ImpressionMemory(TemporalModule):
         return (task, impression, weights) if return_weights else (task, impression)
 
     def update(
-        self, key_feature: torch.Tensor, key_images: torch.Tensor, flow_net: FlowNetwork
+        self,
+        key_feature: torch.Tensor,
+        key_images: torch.Tensor,
+        flow_net: FlowNetwork,
+        key_frame_keys: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """
         Algorithm 1, lines 3-10, for the next key frame of the current video.
@@ -196,6 +201,8 @@ class ImpressionMemory(TemporalModule):
             key_images (Tensor): (N, 3, H, W) the key frames, as the flow network takes them.
             flow_net: the flow network warping the impression from the previous key frame
                 (run once per key frame after the first; not at all when the memory is off).
+            key_frame_keys (Tensor or None): the key frames' keys, for a flow network that
+                reads which frames it sees (:meth:`FlowNetwork.frame_keys`).
 
         Returns:
             Tensor: (N, C, h, w) the task feature ``f_k^task`` of the key frame's segment.
@@ -210,15 +217,19 @@ class ImpressionMemory(TemporalModule):
                     f"{tuple(key_images.shape)} after {tuple(self.key_images.shape)}; call "
                     f"reset() before every video"
                 )
-            warped = flow_net.propagate(self.impression, key_images, self.key_images)
+            warped = flow_net.propagate(
+                self.impression, key_images, self.key_images, key_frame_keys, self.key_frame_keys
+            )
         task, self.impression = self.fuse(key_feature, warped)
         self.key_images = key_images
+        self.key_frame_keys = key_frame_keys
         return task
 
     def reset(self) -> None:
         """Forget the current video's impression."""
         self.impression = None
         self.key_images = None
+        self.key_frame_keys = None
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, memory={self.enabled}, gate={self.gate}"
@@ -236,6 +247,9 @@ class ImpressionKeyFrames(KeyFrameModule):
     ``MODEL.IMPRESSION.SPARSE_FEATURE`` False makes every frame a key frame (Table 1 (a)), and
     ``END_TO_END`` False keeps the flow network fixed (Table 1 (e); the meta-architecture keeps
     the feature network fixed).
+
+    A flow network that reads which frames it sees (the diagnostic synthetic oracle) gets them
+    as keys that travel in the payloads, ``"frame"``.
     """
 
     light_kind = NONE
@@ -258,16 +272,25 @@ class ImpressionKeyFrames(KeyFrameModule):
         self.flow_net = build_flow_net(cfg, feature_shape.channels) if uses_flow else None
         if self.flow_net is not None and not self.end_to_end:
             self.flow_net.freeze()
+        self.reads_frames = self.flow_net is not None and self.flow_net.reads_frames
+        if self.reads_frames:
+            self.support_keys = ("task", "image", "frame")
         self._shape = feature_shape
 
     def key_frame(self, feature, images, frames):
-        return {"task": self.memory.update(feature, images, self.flow_net), "image": images}
+        payload = self.non_key_frame(None, images, frames)
+        task = self.memory.update(feature, images, self.flow_net, payload.get("frame"))
+        return {"task": task, **payload}
 
     def non_key_frame(self, light, images, frames):
+        if self.reads_frames:
+            return {"image": images, "frame": self.flow_net.frame_keys(frames).to(images.device)}
         return {"image": images}
 
     def propagate(self, target, key):
-        return self.flow_net.propagate(key["task"], target["image"], key["image"])
+        return self.flow_net.propagate(
+            key["task"], target["image"], key["image"], target.get("frame"), key.get("frame")
+        )
 
     def output_shape(self) -> ShapeSpec:
         return self._shape
