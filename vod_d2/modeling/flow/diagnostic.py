@@ -106,7 +106,7 @@ class SyntheticOracleFlow(_FixedFlow):
             input_format: channel order of the given frames (``INPUT.FORMAT``).
         """
         super().__init__(feature_channels=feature_channels, input_format=input_format)
-        # (root, video) of each video code of the keys; grows with the videos seen.
+        # The code the keys give each (root, video) seen; grows with the videos.
         self._videos = {}
 
     def frame_keys(self, frames: Sequence) -> torch.Tensor:
