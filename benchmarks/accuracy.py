@@ -377,6 +377,8 @@ def _flow_weights(name: str, tag: str, args) -> str:
     opts = list(variant.opts) + (["MODEL.FLOW.WEIGHTS", args.raft_weights] if variant.raft else [])
     if variant.pretrain is None:
         return args.raft_weights if variant.raft else ""
+    if tag == "flownet" and args.flownet_weights:
+        return args.flownet_weights
     cfg = _cfg(name)
     cfg.merge_from_list(opts)
     flow, iters = cfg.MODEL.FLOW, getattr(args, variant.iters)
@@ -639,6 +641,11 @@ def main():
     parser.add_argument(
         "--raft-iters", type=int, default=500, help="raft_synthetic's fine-tuning steps"
     )
+    parser.add_argument(
+        "--flownet-weights",
+        help="the flownet flow's weights, a tools/pretrain_flow.py checkpoint (instead of the "
+        "--flow-iters pretraining)",
+    )
     parser.add_argument("--new-module-lr-factor", type=float, default=10.0)
     parser.add_argument("--curve-seed", type=int, default=0, help="seed whose runs log curves")
     parser.add_argument("--samples", type=int, default=1000, help="bootstrap samples")
@@ -693,6 +700,8 @@ def main():
     variants = [v for m in methods for v in _variants(m, args.gates, args.flows)]
     if any(FLOW_VARIANTS[t].raft for t in args.flows) and not os.path.isfile(args.raft_weights):
         parser.error(f"--raft-weights {args.raft_weights} does not exist")
+    if args.flownet_weights and not os.path.isfile(args.flownet_weights):
+        parser.error(f"--flownet-weights {args.flownet_weights} does not exist")
     datasets_file = os.path.abspath(args.datasets_file) if args.datasets_file else ""
     args.data = Data(datasets_file, tuple(args.train), args.test, tuple(args.opts))
     try:
