@@ -103,3 +103,13 @@ def test_gate_opening_names_every_gate():
         model["a"].gamma.fill_(0.25)
     _train_forward(model["b"]["c"], 5, *_maps(1, 1, 2, 2))
     assert gate_opening(model) == {"a": 0.25, "b.c": 0.5}
+
+
+def test_scheduled_gate_used_twice_in_one_forward_still_backpropagates():
+    """STMN gates every frame of its training sequence with the same gate, in one graph."""
+    gate = ScheduledGate(4).train()
+    reference, aggregated = (x.requires_grad_() for x in _maps(1, 2, 3, 3))
+    with EventStorage(start_iter=2):
+        total = gate(reference, aggregated).sum() + gate(reference, 2 * aggregated).sum()
+    total.backward()
+    assert torch.allclose(aggregated.grad, torch.full_like(aggregated, 1.5))

@@ -142,11 +142,16 @@ class ScheduledGate(Gate):
             ``aggregated`` exactly at ``g = 1``.
         """
         _check_shapes(self, reference, aggregated)
+        g = self.g
         if self.training:
-            self.g.fill_(min(1.0, get_event_storage().iter / self.open_iters))
+            # A new tensor for the graph: the buffer may be refilled by a later call in the same
+            # forward (STMN gates every frame of its sequence), which autograd would refuse.
+            opening = min(1.0, get_event_storage().iter / self.open_iters)
+            g = torch.tensor(opening, dtype=reference.dtype, device=reference.device)
+            self.g.fill_(opening)
         # lerp computes start + g * (end - start) for g < 0.5 and end - (1 - g) * (end - start)
         # above: exactly the reference at 0 and exactly the module's output at 1.
-        return torch.lerp(reference, aggregated, self.g)
+        return torch.lerp(reference, aggregated, g)
 
     def opening(self) -> float:
         return float(self.g)
