@@ -107,7 +107,9 @@ class TemporalFeatureExtraction(nn.Module):
         temporal = roi_features.new_zeros(r, t, *roi_features.shape[1:])
         for level, maps in enumerate(support_maps):
             inds = (roi_level == level).nonzero().squeeze(1)
-            if inds.numel():
+            # Skipping an empty level is a branch on data, which a traced graph cannot hold (the
+            # op returns nothing for no RoI).
+            if torch.compiler.is_compiling() or inds.numel():
                 temporal = temporal.index_put(
                     (inds,), temporal_roi_align(roi_features[inds], maps, roi_image[inds], self.k)
                 )
