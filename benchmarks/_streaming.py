@@ -46,11 +46,12 @@ def synchronize(device):
 class CallTimer:
     """
     Wraps ``owner.<name>`` (a module's ``forward``, a method) so that the wall time of every
-    call, synchronised on ``device``, adds to ``self.seconds``.
+    call, synchronised on ``device``, adds to ``self.seconds``, and ``self.calls`` counts them.
     """
 
     def __init__(self, owner, name, device):
         self.seconds = 0.0
+        self.calls = 0
         function = getattr(owner, name)
 
         def timed(*args, **kwargs):
@@ -59,6 +60,7 @@ class CallTimer:
             out = function(*args, **kwargs)
             synchronize(device)
             self.seconds += time.perf_counter() - start
+            self.calls += 1
             return out
 
         setattr(owner, name, timed)
@@ -99,11 +101,13 @@ def random_model(cfg):
     return model
 
 
-def build_random_model(path, device):
-    """(cfg, model) of the config file ``path`` on ``device``: :func:`random_model`."""
+def build_random_model(path, device, opts=()):
+    """(cfg, model) of the config file ``path`` with the overrides ``opts`` (KEY VALUE ...) on
+    ``device``: :func:`random_model`."""
     cfg = get_cfg()
     add_vod_config(cfg)
     cfg.merge_from_file(path)
+    cfg.merge_from_list(list(opts))
     cfg.MODEL.DEVICE = device
     return cfg, random_model(cfg)
 
