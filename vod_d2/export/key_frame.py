@@ -1,0 +1,176 @@
+"""
+The exportable step of :class:`~vod_d2.modeling.KeyFrameRCNN` (LSTS, Impression Network, DFF):
+the heavy path on key frames, the light path on the others, both in one graph.
+
+State:
+
+* ``frame_index`` () int64: the index of the frame arriving (0 at the start of a video). Frame
+  t is a key frame when ``t % MODEL.VIDEO.KEY_FRAME_INTERVAL == 0``: key frames are the first of
+  their segment (``MODEL.KEY_FRAME.POSITION "first"``; central key frames wait for frames ahead
+  and are exported as the causal variant, :func:`vod_d2.make_online`);
+* ``key.task`` (1, C, h, w): the last key frame's task feature (LSTS: its memory);
+* LSTS: ``key.embedded`` (1, E, h, w), DFA's embedding of that memory;
+* Impression Network and DFF: ``key.image`` (1, 3, H', W'), the last key frame in raw pixels as
+  the flow network reads it (padded like the backbone's input), and with the impression memory
+  (Impression Network) ``key.impression`` (1, C, h, w).
+
+A key frame runs the backbone and the module's memory update (SRFU; the impression's warp and
+fusion, Eq. 1-4: the first key frame of a video keeps its own feature), a non-key frame its
+light path and the propagation from the key frame (DFA; the flow warp). The step chooses with
+``torch.cond``, so each frame runs only its own path, as in eager inference.
+"""
+
+from typing import Dict, List, Tuple
+
+import torch
+
+from ..modeling.frames import FULL
+from ..modeling.temporal import ImpressionKeyFrames, LSTSKeyFrames
+from .state import StateTensor
+from .step import StreamingStep
+from .tracing import branch
+
+__all__ = ["KeyFrameStep"]
+
+
+class _LSTS:
+    """LSTSKeyFrames: SRFU on key frames, DFA on the others."""
+
+    def __init__(self, module: LSTSKeyFrames):
+        self.fusion = module.fusion
+        self.keys = ("task", "embedded")
+
+    def describe(self) -> Dict[str, str]:
+        return {
+            "task": "the memory of the last key frame, its task feature (SRFU, Eq. 7)",
+            "embedded": "DFA's embedding f of that memory",
+        }
+
+    def key_frame(self, heavy, raw, state, first) -> Dict[str, torch.Tensor]:
+        memory = branch(
+            first,
+            lambda heavy, memory: self.fusion.update_memory(heavy, None).clone(),
+            lambda heavy, memory: self.fusion.update_memory(heavy, memory),
+            (heavy, state["task"]),
+        )
+        return {"task": memory, "embedded": self.fusion.embed_memory(memory)}
+
+    def non_key_frame(self, light, raw, state) -> torch.Tensor:
+        return self.fusion.propagate(light, state["task"], state["embedded"])
+
+
+class _Impression:
+    """ImpressionKeyFrames: the impression memory (or DFF's key feature) and the flow warp."""
+
+    def __init__(self, module: ImpressionKeyFrames):
+        self.memory = module.memory
+        self.flow_net = module.flow_net
+        self.keys = ("task", "image") + (("impression",) if module.memory.enabled else ())
+
+    def describe(self) -> Dict[str, str]:
+        return {
+            "task": "the last key frame's task feature",
+            "image": "the last key frame in raw pixels (padded), for the flow network",
+            "impression": "the impression feature after the last key frame (Eq. 4)",
+        }
+
+    def key_frame(self, heavy, raw, state, first) -> Dict[str, torch.Tensor]:
+        if not self.memory.enabled:
+            return {"task": heavy, "image": raw}
+
+        def later(heavy, raw, impression, image):
+            warped = self.flow_net.propagate(impression, raw, image)
+            return self.memory.fuse(heavy, warped)
+
+        task, impression = branch(
+            first,
+            lambda heavy, raw, impression, image: (heavy.clone(), heavy.clone()),
+            later,
+            (heavy, raw, state["impression"], state["image"]),
+        )
+        return {"task": task, "image": raw, "impression": impression}
+
+    def non_key_frame(self, light, raw, state) -> torch.Tensor:
+        return self.flow_net.propagate(state["task"], raw, state["image"])
+
+
+def _adapter(module):
+    if isinstance(module, LSTSKeyFrames):
+        return _LSTS(module)
+    if isinstance(module, ImpressionKeyFrames):
+        return _Impression(module)
+    raise NotImplementedError(f"no exportable step for {type(module).__name__}")
+
+
+class KeyFrameStep(StreamingStep):
+    """The step of a :class:`~vod_d2.modeling.KeyFrameRCNN` with its key frames first in their
+    segments (see the module docstring for its state)."""
+
+    # torch.cond gives its outputs sizes of their own when the frame size is symbolic (the two
+    # paths compute the task feature's size differently), which the heads then cannot use.
+    symbolic_size = False
+
+    def __init__(self, model):
+        """
+        Args:
+            model: a ``KeyFrameRCNN`` in eval mode, ``MODEL.KEY_FRAME.POSITION "first"``.
+        """
+        super().__init__(model)
+        if model.position != "first" and model.interval > 1:
+            raise ValueError(
+                f"key frames at the segments' {model.position} read frames ahead: export the "
+                "causal variant (vod_d2.make_online(cfg))"
+            )
+        self.module = _adapter(model.key_frames)
+        self.light_kind = model.key_frames.light_kind
+
+    @property
+    def num_detections(self) -> int:
+        predictor = self.model.roi_heads.box_predictor
+        if predictor.test_topk_per_image >= 0:
+            return predictor.test_topk_per_image
+        return self.model.proposal_generator.post_nms_topk[False] * predictor.num_classes
+
+    def _key(self, x: torch.Tensor, state: Dict, first) -> Dict[str, torch.Tensor]:
+        heavy, _ = self.model._features(x, [FULL])
+        return self.module.key_frame(heavy, self.model._raw(x), state, first)
+
+    def state_tensors(self, image: torch.Tensor) -> List[Tuple[StateTensor, torch.Tensor]]:
+        x = self.preprocess(image)
+        heavy, _ = self.model._features(x, [FULL])
+        values = {"task": heavy, "image": self.model._raw(x), "impression": heavy}
+        if isinstance(self.module, _LSTS):
+            values["embedded"] = self.module.fusion.embed_memory(heavy)
+        docs = self.module.describe()
+        index = torch.zeros((), dtype=torch.int64, device=x.device)
+        doc = "index of the frame arriving; frames t with t % interval == 0 are key frames"
+        tensors = [(StateTensor("frame_index", (), torch.int64, 0, doc), index)]
+        for key in self.module.keys:
+            value = values[key]
+            spec = StateTensor(f"key.{key}", tuple(value.shape), value.dtype, 0.0, docs[key])
+            tensors.append((spec, value))
+        return tensors
+
+    def forward(self, image: torch.Tensor, *state: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        x = self.preprocess(image)
+        index, *values = state
+        keys = self.module.keys
+        is_key = index % self.model.interval == 0
+
+        def key_frame(x, index, *values):
+            new = self._key(x, dict(zip(keys, values)), index == 0)
+            # Outputs of a cond branch may not alias each other: the task feature is also the
+            # key state's.
+            return (new["task"].clone(), *(new[k] for k in keys))
+
+        def non_key_frame(x, index, *values):
+            light = None
+            if self.light_kind != "none":
+                _, light = self.model._features(x, [self.light_kind])
+            old = dict(zip(keys, values))
+            task = self.module.non_key_frame(light, self.model._raw(x), old)
+            return (task, *(v.clone() for v in values))
+
+        task, *new = branch(is_key, key_frame, non_key_frame, (x, index, *values))
+        detections = self.rcnn_detections(x, image.shape[-2:], {self.model.in_feature: task})
+        return (*detections, index + 1, *new)
