@@ -60,11 +60,19 @@ class FrameInfo:
         video_length: number of frames of the video, or None where it is not known.
         kind: the feature the method's policy gives the frame: :data:`FULL`, :data:`LIGHT`
             or :data:`NONE`.
+        file_name: where the frame comes from, when it was read from a dataset's files ("" if
+            not: a video file, a camera): the frame's own file at test time, in training the
+            file of its sample's annotated frame. The methods ignore it; a diagnostic that knows
+            the data reads it (the synthetic oracle flow).
+        file_index: the index of the frame stored in ``file_name``: the frame is ``index -
+            file_index`` frames after it in the video.
     """
 
     index: int
     video_length: Optional[int] = None
     kind: str = FULL
+    file_name: str = ""
+    file_index: int = 0
 
     def __post_init__(self):
         if self.kind not in FRAME_KINDS:

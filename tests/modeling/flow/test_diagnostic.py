@@ -18,7 +18,6 @@ from vod_d2.data.mapper import read_frame
 from vod_d2.engine import run_on_video
 from vod_d2.modeling.flow import SyntheticOracleFlow, ZeroFlow, build_flow_net, warp
 from vod_d2.modeling.frames import FrameInfo, key_frame_index
-from vod_d2.modeling.temporal.key_frame import FileFrameInfo
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 VAL = "VID/val/SYNTHETIC_val_{:08d}"
@@ -39,7 +38,7 @@ def _frame(root, video, t):
     """Frame t as the detector gives it to a flow network ((1, 3, H, W) BGR in [0, 255])."""
     file_name = synthetic.dataset_frame_file(root, video, t)
     image = torch.from_numpy(read_frame(file_name, "BGR").copy()).permute(2, 0, 1)
-    return image.float()[None], FileFrameInfo(t, 12, "full", file_name, t)
+    return image.float()[None], FrameInfo(t, 12, "full", file_name, t)
 
 
 def _oracle(cur_t, ref_t, root, video, flip=False):
@@ -90,10 +89,10 @@ def test_the_oracle_refuses_what_is_not_the_synthetic_generators_in_one_line(tre
     net = SyntheticOracleFlow(feature_channels=3, input_format="BGR")
     cases = [
         (FrameInfo(3), "has none"),  # a frame without a file (a video file, a camera)
-        (FileFrameInfo(0, None, "full", str(tmp_path / "Data/VID/val/x/000000.JPEG"), 0),
+        (FrameInfo(0, None, "full", str(tmp_path / "Data/VID/val/x/000000.JPEG"), 0),
          "is not a frame of a synthetic dataset"),
-        (FileFrameInfo(0, None, "full", str(tmp_path / "other/Data/VID/val/SYNTHETIC_val_00000000"
-                                            "/000000.JPEG"), 0), "has no readable synthetic.json"),
+        (FrameInfo(0, None, "full", str(tmp_path / "other/Data/VID/val/SYNTHETIC_val_00000000"
+                                        "/000000.JPEG"), 0), "has no readable synthetic.json"),
     ]  # fmt: skip
     for frame, message in cases:
         with pytest.raises(ValueError, match=message) as error:

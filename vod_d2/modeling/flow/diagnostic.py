@@ -112,8 +112,8 @@ class SyntheticOracleFlow(_FixedFlow):
     def frame_keys(self, frames: Sequence) -> torch.Tensor:
         """
         Args:
-            frames (list[FileFrameInfo]): the frames' metadata, with the file they come from
-                (:class:`~vod_d2.modeling.temporal.key_frame.FileFrameInfo`).
+            frames (list[FrameInfo]): the frames' metadata, with the file they come from
+                (:class:`~vod_d2.modeling.frames.FrameInfo`'s ``file_name``).
 
         Returns:
             Tensor: (N, 2) int64 keys, (video code, frame index) of each frame.
@@ -123,7 +123,7 @@ class SyntheticOracleFlow(_FixedFlow):
 
         keys = []
         for frame in frames:
-            file_name = getattr(frame, "file_name", "")
+            file_name = frame.file_name
             if not file_name:
                 raise ValueError(
                     f"SyntheticOracleFlow (MODEL.FLOW.NAME, a diagnostic for the synthetic "

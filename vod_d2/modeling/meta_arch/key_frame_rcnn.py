@@ -12,7 +12,7 @@ from detectron2.structures import ImageList
 
 from ..backbone import SplitResNet
 from ..frames import FULL, LIGHT, FrameInfo, KeySegmentSupport, key_frame_index
-from ..temporal.key_frame import FileFrameInfo, KeyFrameModule, build_key_frame_module
+from ..temporal.key_frame import KeyFrameModule, build_key_frame_module
 from .video_base import Payload, VideoDetector
 
 __all__ = ["KeyFrameRCNN"]
@@ -39,10 +39,6 @@ class KeyFrameRCNN(VideoDetector, GeneralizedRCNN):
     key frame (``INPUT.VIDEO.TRAIN_SAMPLING "key_frame"``): the module sees the old key frame,
     then the new one (its memory now holds the old one), then the annotated frame, exactly as
     at test time; the loss is on the annotated frame.
-
-    Frames whose input dict names its ``file_name`` reach the key-frame module as
-    :class:`FileFrameInfo` (a training sample's key frames with the annotated frame's file and
-    their offset from it).
     """
 
     @configurable
@@ -77,8 +73,6 @@ class KeyFrameRCNN(VideoDetector, GeneralizedRCNN):
         self.interval = interval
         self.position = position
         self.support_keys = tuple(key_frames.support_keys)
-        # The file of the test frame step() is encoding (the core's FrameInfo has no file).
-        self._arriving_file: Optional[str] = None
         if not key_frames.end_to_end:
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
@@ -116,24 +110,11 @@ class KeyFrameRCNN(VideoDetector, GeneralizedRCNN):
         key = key_frame_index(index, video_length, self.interval, self.position)
         return FULL if index == key else self.key_frames.light_kind
 
-    def step(self, frame: Dict):
-        """:meth:`VideoDetector.step`, with the frame's file told to the key-frame module."""
-        self._arriving_file = frame.get("file_name")
-        try:
-            return super().step(frame)
-        finally:
-            self._arriving_file = None
-
     def encode(self, images: ImageList, frames: List[FrameInfo]) -> Payload:
         """
         The payload of N frames of one kind: a key frame's from its heavy feature (updating
         the module's memory), another frame's from its light path.
         """
-        if self._arriving_file is not None:
-            frames = [
-                FileFrameInfo(f.index, f.video_length, f.kind, self._arriving_file, f.index)
-                for f in frames
-            ]
         kinds = {f.kind for f in frames}
         if len(kinds) != 1:
             raise ValueError(f"KeyFrameRCNN encodes frames of one kind at a time, got {kinds}")
@@ -266,8 +247,5 @@ class KeyFrameRCNN(VideoDetector, GeneralizedRCNN):
 
 def _training_frame(sample: Dict, offset: int, kind: str) -> FrameInfo:
     index = sample.get("frame_idx", 0)
-    if "file_name" in sample:
-        return FileFrameInfo(
-            index + offset, sample.get("video_length"), kind, sample["file_name"], index
-        )
-    return FrameInfo(index + offset, sample.get("video_length"), kind)
+    file_name = sample.get("file_name", "")
+    return FrameInfo(index + offset, sample.get("video_length"), kind, file_name, index)

@@ -191,10 +191,16 @@ class VideoDetector(nn.Module):
         index = frame["frame_idx"] if index is None else index
         if index not in video.plan.prefetch():
             raise ValueError(f"frame {index} is not one of the prefetched frames")
-        info = FrameInfo(index, video.length, self.frame_kind(index, video.length))
+        info = self._frame_info(frame, index)
         video.cache[index] = self.encode(self.preprocess_image([frame]), [info])
         video.frames[index] = info
         video.primed.add(index)
+
+    def _frame_info(self, frame: Dict, index: int) -> FrameInfo:
+        """The :class:`FrameInfo` of the current video's frame ``index`` (test dict ``frame``)."""
+        length = self._video.length
+        kind = self.frame_kind(index, length)
+        return FrameInfo(index, length, kind, frame.get("file_name", ""), index)
 
     @torch.no_grad()
     def step(self, frame: Dict) -> List[FrameResult]:
@@ -226,7 +232,7 @@ class VideoDetector(nn.Module):
         if index in video.primed:
             info = video.frames[index]
         else:
-            info = FrameInfo(index, video.length, self.frame_kind(index, video.length))
+            info = self._frame_info(frame, index)
             video.cache[index] = self.encode(self.preprocess_image([frame]), [info])
             video.frames[index] = info
         video.plan.observe(info)

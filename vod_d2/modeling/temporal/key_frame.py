@@ -3,7 +3,6 @@ The contract of key-frame modules: what :class:`vod_d2.modeling.KeyFrameRCNN` as
 whose heavy feature network runs on key frames only (LSTS, Impression Network, DFF).
 """
 
-from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -13,7 +12,7 @@ from detectron2.utils.registry import Registry
 from ..frames import LIGHT, NONE, FrameInfo
 from .build import TemporalModule
 
-__all__ = ["KEY_FRAME_REGISTRY", "FileFrameInfo", "KeyFrameModule", "build_key_frame_module"]
+__all__ = ["KEY_FRAME_REGISTRY", "KeyFrameModule", "build_key_frame_module"]
 
 KEY_FRAME_REGISTRY = Registry("KEY_FRAME")
 KEY_FRAME_REGISTRY.__doc__ = """
@@ -22,25 +21,6 @@ The registered object is called with ``obj(cfg, feature_shape, low_shape)``: the
 :class:`ShapeSpec` of the heavy feature (``cfg.MODEL.KEY_FRAME.IN_FEATURE``) and of the light
 path's output (None without a light path), and returns a :class:`KeyFrameModule`.
 """
-
-
-@dataclass(frozen=True)
-class FileFrameInfo(FrameInfo):
-    """
-    A frame read from a dataset's files, with where it comes from: what
-    :class:`~vod_d2.modeling.KeyFrameRCNN` passes to its key-frame module for frames whose input
-    dict has a ``file_name`` (the methods ignore it; a diagnostic that knows the data, the
-    synthetic oracle flow, reads it).
-
-    Attributes:
-        file_name: a frame file of the frame's video: the frame's own at test time; in
-            training, the file of its sample's annotated frame.
-        file_index: the index of the frame stored in ``file_name``, so that the frame is
-            ``index - file_index`` frames after it in the video.
-    """
-
-    file_name: str = ""
-    file_index: int = 0
 
 
 class KeyFrameModule(TemporalModule):
@@ -78,7 +58,7 @@ class KeyFrameModule(TemporalModule):
         Args:
             feature (Tensor): (N, C, h, w) heavy feature of the next key frame of N videos.
             images (Tensor): (N, 3, H, W) the frames, raw pixels ([0, 255], ``INPUT.FORMAT``).
-            frames: their metadata (:class:`FileFrameInfo` for frames read from files).
+            frames: their metadata (with their files, where they were read from files).
 
         Returns:
             dict: the key frame's payload, with its task feature ``"task"`` (N, C, h, w).
