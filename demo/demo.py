@@ -6,6 +6,12 @@ Annotate a video with a vod_d2 detector: detectron2's demo for videos.
         --video-input in.mp4 --output out.mp4 --json detections.json \
         --opts MODEL.WEIGHTS output/synthetic/single_frame/model_final.pth
     python demo/demo.py --config-file ... --input 'frames/*.jpg' --output annotated/  # or out.mp4
+    python demo/demo.py --exported exported/stsn_rfcn --video-input in.mp4 --output out.mp4
+
+With ``--exported DIR`` the frames go through the step that ``tools/export_model.py`` exported
+to DIR (its AOTInductor package, or its ONNX model with ``--backend onnx``), run by DIR's
+``run.py`` without vod_d2's modelling code; ``--config-file`` is then optional (its first test
+dataset gives the class names and ``--json`` category ids, else DIR's ``export.json``).
 
 Frames go through :class:`vod_d2.engine.VideoPredictor` one at a time, so memory is bounded by
 the model's window whatever the video's length; only the frames still waiting for their
@@ -52,6 +58,7 @@ from vod_d2.checkpoint import resolve_weights
 from vod_d2.data import register_datasets_from_config
 from vod_d2.data.mapper import read_frame
 from vod_d2.engine import VideoPredictor, VideoReader, load_config
+from vod_d2.engine.predictor import dataset_metadata
 
 logger = logging.getLogger("vod_d2.demo")
 
@@ -66,7 +73,20 @@ DEFAULT_FPS = 10.0
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="vod_d2 demo: detect objects in a video")
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="config file")
+    parser.add_argument(
+        "--config-file", metavar="FILE", help="config file (optional with --exported)"
+    )
+    parser.add_argument(
+        "--exported",
+        metavar="DIR",
+        help="run the streaming step tools/export_model.py wrote to DIR instead of the model",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("aoti", "onnx"),
+        default="aoti",
+        help="with --exported: the AOTInductor package or the ONNX model (onnxruntime)",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--video-input", metavar="FILE", help="a video file")
     source.add_argument(
@@ -134,6 +154,17 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
         )
     if not args.output and not args.json:
         parser.error("nothing to write: give --output and/or --json")
+    if not args.config_file and not args.exported:
+        parser.error("the following arguments are required: --config-file (or --exported DIR)")
+    if args.exported:
+        taken = [f for f, on in (("--seq-nms", args.seq_nms), ("--online", args.online)) if on]
+        if args.opts:
+            taken.append("--opts")
+        if taken:
+            parser.error(
+                f"{', '.join(taken)}: not with --exported (the exported step is the method's "
+                "causal variant, its config fixed at export)"
+            )
     return args
 
 
@@ -475,6 +506,66 @@ def _make_sink(args, frames, fps: float):
     return VideoSink(output, fps)
 
 
+class ExportedPredictor:
+    """
+    The predictor's streaming interface (``reset``, ``put``, ``flush``) over an exported step
+    (``run.py``'s ``ExportedStream`` of an export folder): every frame's result comes at once.
+    """
+
+    video_postprocess = None
+
+    def __init__(self, directory: str, backend: str = "aoti", metadata=None):
+        """
+        Args:
+            directory: the folder tools/export_model.py wrote.
+            backend: "aoti" or "onnx".
+            metadata: class names and category ids to draw and export with (default: the
+                export's class names).
+        """
+        import importlib.util
+
+        from detectron2.data import MetadataCatalog
+
+        runner = os.path.join(directory, "run.py")
+        if not os.path.isfile(runner):
+            raise FileNotFoundError(f"--exported {directory}: no run.py (not an export folder)")
+        spec = importlib.util.spec_from_file_location("vod_d2_exported_runner", runner)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        self.stream = module.ExportedStream(directory, backend)
+        self.input_error = module.InputError
+        if metadata is None:
+            metadata = MetadataCatalog.get(f"__exported__{os.path.abspath(directory)}")
+            classes = self.stream.step.description.get("classes")
+            if classes and not metadata.get("thing_classes", None):
+                metadata.set(thing_classes=list(classes))
+        self.metadata = metadata
+        self._index = 0
+
+    def reset(self, video_name: str = "video"):
+        self.stream.reset()
+        self._index = 0
+
+    def put(self, frame: np.ndarray) -> List[Tuple[int, Instances]]:
+        import torch
+        from detectron2.structures import Boxes
+
+        try:
+            boxes, scores, classes = self.stream.put(frame)
+        except self.input_error as e:
+            raise ValueError(f"frame {self._index}: {e}") from None
+        instances = Instances(frame.shape[:2])
+        instances.pred_boxes = Boxes(torch.as_tensor(boxes).reshape(-1, 4))
+        instances.scores = torch.as_tensor(scores)
+        instances.pred_classes = torch.as_tensor(classes)
+        self._index += 1
+        return [(self._index - 1, instances)]
+
+    def flush(self) -> List[Tuple[int, Instances]]:
+        self.reset()
+        return []
+
+
 def _check_weights(cfg) -> None:
     if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: the demo runs a randomly initialised model")
@@ -507,9 +598,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     # Inputs and outputs are checked before the model is built, to fail fast.
     frames, num_frames, fps, video_id = _open_source(args)
-    cfg = setup_cfg(args)
-    _check_weights(cfg)
-    predictor = VideoPredictor(cfg)
+    if args.exported:
+        metadata = None
+        if args.config_file:
+            metadata = dataset_metadata(setup_cfg(args))
+        predictor = ExportedPredictor(args.exported, args.backend, metadata)
+    else:
+        cfg = setup_cfg(args)
+        _check_weights(cfg)
+        predictor = VideoPredictor(cfg)
     metadata = predictor.metadata
     sinks = []
     in_main_thread = threading.current_thread() is threading.main_thread()
