@@ -5,9 +5,8 @@ Run a vod_d2 detector exported by ``tools/export_model.py``, without vod_d2's mo
 An export folder holds the step as an AOTInductor package (``step.pt2``), possibly as ONNX
 (``step.onnx``), and ``export.json``: the step's inputs, state and outputs (names, shapes,
 dtypes, start values, how the state's sizes follow the frame's), the frame preprocessing and
-the support sampling.
-This file (copied there as ``run.py``) is all a deployment needs besides PyTorch (or
-onnxruntime), NumPy, Pillow and, where the step calls them, vod_d2's compiled ops
+the support sampling. This file (copied there as ``run.py``) is all a deployment needs besides
+PyTorch (or onnxruntime), NumPy, Pillow and, where the step calls them, vod_d2's compiled ops
 (``vod_d2/_C*.so``, loaded as a library, without importing vod_d2) and torchvision's::
 
     python DIR/run.py --video-input in.mp4 --json detections.json
