@@ -202,6 +202,30 @@ def seeded_model(cfg, train=False):
     return build_model(cfg).train(train)
 
 
+def unmatched_detections(got, want, box_atol, score_atol):
+    """
+    The detections of ``want`` that no detection of ``got`` equals, one to one: the same class,
+    every box coordinate within ``box_atol`` pixels, the score within ``score_atol``. Matched,
+    not compared by index: detections whose scores tie within the tolerance may come out in
+    either order.
+
+    Args:
+        got, want: (boxes (N, 4), scores (N,), classes (N,)) of a frame.
+
+    Returns:
+        list[tuple]: (box (4,), score) of each unmatched detection of ``want``.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    (boxes, scores, classes), (want_boxes, want_scores, want_classes) = got, want
+    equal = ((boxes[None] - want_boxes[:, None]).abs() <= box_atol).all(2)
+    equal &= (scores[None] - want_scores[:, None]).abs() <= score_atol
+    equal &= classes[None] == want_classes[:, None]
+    rows, cols = linear_sum_assignment(-equal.double().numpy())
+    unmatched = set(range(len(want_boxes))) - {i for i, j in zip(rows, cols) if equal[i, j]}
+    return [(want_boxes[i], want_scores[i].item()) for i in sorted(unmatched)]
+
+
 def fill_by_name(model, scale=0.08):
     """
     Overwrite every parameter and buffer with values seeded by its name: ``scale`` times normal
