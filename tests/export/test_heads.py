@@ -1,5 +1,6 @@
 """The fixed-shape heads give detectron2's proposals and detections, padded."""
 
+import numpy as np
 import torch
 from _export_helpers import method_model
 from detectron2.structures import ImageList
@@ -37,6 +38,14 @@ def test_rank_kept_orders_as_nms_and_pads():
     # Decreasing score, equal scores in index order (NMS's stable sort), then padding.
     assert order[:5].tolist() == [1, 4, 0, 2, 5]
     assert valid.tolist() == [True] * 5 + [False] * 3
+    # Many equal scores (quantised ones, as R-FCN's on flat score maps): still NMS's order,
+    # which an unstable sort of this size would not keep.
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (3000,), generator=g).float() / 4
+    kept = torch.rand(3000, generator=g) > 0.2
+    order, valid = rank_kept(scores, kept, 300)
+    ranked = [int(i) for i in np.argsort(-scores.numpy(), kind="stable") if kept[i]]
+    assert order.tolist() == ranked[:300] and valid.all()
 
 
 def _features(model, seed):
