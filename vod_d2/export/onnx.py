@@ -3,8 +3,8 @@ ONNX export of a step traced as a portable graph (:func:`vod_d2.export.tracing.t
 with ``portable=True``: vod_d2's layers on their pure-PyTorch references, R-FCN's pooling from
 RoIAlign, ranking by ``topk``).
 
-torchvision's ``nms`` and ``roi_align`` have ONNX forms (``NonMaxSuppression``, ``RoiAlign``), and
-``torch.cond`` becomes ``If``. :func:`onnx_blockers` names the other ops a portable graph still
+torchvision's ``nms``, ``roi_align`` and ``deform_conv2d`` have ONNX forms (``NonMaxSuppression``,
+``RoiAlign``, ``DeformConv``). :func:`onnx_blockers` names the other ops a portable graph still
 calls; an export whose model onnxruntime cannot load or run is reported by the exporter with
 onnxruntime's first line.
 """
@@ -16,12 +16,11 @@ import torch
 __all__ = ["ONNX_OPS", "onnx_blockers", "export_onnx"]
 
 # Non-aten ops with an ONNX form.
-ONNX_OPS = ("torchvision::nms", "torchvision::roi_align")
+ONNX_OPS = ("torchvision::nms", "torchvision::roi_align", "torchvision::deform_conv2d")
 # Who calls the ops that have none, for the refusal.
 _CALLERS = {
-    "torchvision::deform_conv2d": "STSN's sampling block and deformable backbones "
-    "(torchvision.ops.deform_conv2d)",
     "torchvision::ps_roi_align": "R-FCN (torchvision.ops.ps_roi_align)",
+    "vod_d2::deform_ps_roi_pool_forward": "deformable R-FCN (vod_d2.layers.deform_psroi_pool)",
 }
 
 
