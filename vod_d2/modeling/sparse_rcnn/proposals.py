@@ -42,8 +42,13 @@ class LearnableProposals(nn.Module):
             Tensor: (B, N, 4) proposal boxes (x0, y0, x1, y1) in each image's pixels.
             Tensor: (B, N, d) proposal features (the same for every image).
         """
-        whwh = torch.tensor(
-            [[w, h, w, h] for h, w in image_sizes], dtype=self.boxes.dtype, device=self.boxes.device
+        # Filled, not made from a list: a constant made from data in a traced torch.cond branch
+        # (an exported SparseVOD step's) breaks AOTInductor. The same values.
+        whwh = torch.stack(
+            [
+                torch.stack([self.boxes.new_full((), w), self.boxes.new_full((), h)] * 2)
+                for h, w in image_sizes
+            ]
         )
         boxes = box_convert(self.boxes, "cxcywh", "xyxy")[None] * whwh[:, None]
         features = self.features[None].expand(len(image_sizes), -1, -1)
