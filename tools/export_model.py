@@ -103,6 +103,13 @@ def main(argv=None) -> int:
     onnx = description.get("onnx", {})
     if onnx and not onnx["exported"]:
         print(f"  no ONNX: {onnx['why']}")
+    elif onnx:
+        check = onnx["check"]
+        agreement = "the same detections as" if check["same"] else "other detections than"
+        print(
+            f"  ONNX: {agreement} the package on {check['frames']} random frames (boxes within "
+            f"{check['max_box_diff']:.1e} px, scores {check['max_score_diff']:.1e})"
+        )
     print(f"  files: {', '.join(sorted(_files(description['files'])))}")
     return 0
 

@@ -17,14 +17,17 @@ State:
 A key frame runs the backbone and the module's memory update (SRFU; the impression's warp and
 fusion, Eq. 1-4: the first key frame of a video keeps its own feature), a non-key frame its
 light path and the propagation from the key frame (DFA; the flow warp). The step chooses with
-``torch.cond``, so each frame runs only its own path, as in eager inference.
+``torch.cond``, so each frame runs only its own path, as in eager inference; the flow of
+Impression Network and DFF, which both paths read, runs before the choice, on every frame (a
+DFF key frame does not use it: one flow per segment more than eager inference).
 """
 
 from typing import Dict, List, Tuple
 
 import torch
 
-from ..modeling.frames import FULL
+from ..modeling.flow.warp import warp
+from ..modeling.frames import LIGHT
 from ..modeling.temporal import ImpressionKeyFrames, LSTSKeyFrames
 from .state import StateTensor
 from .step import StreamingStep
@@ -46,7 +49,10 @@ class _LSTS:
             "embedded": "DFA's embedding f of that memory",
         }
 
-    def key_frame(self, heavy, raw, state, first) -> Dict[str, torch.Tensor]:
+    def motion(self, raw, state) -> Tuple[torch.Tensor, ...]:
+        return ()
+
+    def key_frame(self, heavy, raw, state, first, motion) -> Dict[str, torch.Tensor]:
         memory = branch(
             first,
             lambda heavy, memory: self.fusion.update_memory(heavy, None).clone(),
@@ -55,7 +61,7 @@ class _LSTS:
         )
         return {"task": memory, "embedded": self.fusion.embed_memory(memory)}
 
-    def non_key_frame(self, light, raw, state) -> torch.Tensor:
+    def non_key_frame(self, light, raw, state, motion) -> torch.Tensor:
         return self.fusion.propagate(light, state["task"], state["embedded"])
 
 
@@ -74,24 +80,36 @@ class _Impression:
             "impression": "the impression feature after the last key frame (Eq. 4)",
         }
 
-    def key_frame(self, heavy, raw, state, first) -> Dict[str, torch.Tensor]:
+    def motion(self, raw, state) -> Tuple[torch.Tensor, ...]:
+        """
+        ``F(I, I_key)`` and S of the frame and the last key frame, which both paths warp with
+        (a non-key frame its key frame's task feature, a key frame the impression), so it is
+        computed once, before the step chooses its path: inside a ``torch.cond`` branch, the
+        flow network's normalisation constants break AOTInductor.
+        """
+        if self.flow_net is None:  # every frame a key frame and no impression: no flow
+            return ()
+        return tuple(self.flow_net(raw, state["image"]))
+
+    def key_frame(self, heavy, raw, state, first, motion) -> Dict[str, torch.Tensor]:
         if not self.memory.enabled:
             return {"task": heavy, "image": raw}
 
-        def later(heavy, raw, impression, image):
-            warped = self.flow_net.propagate(impression, raw, image)
-            return self.memory.fuse(heavy, warped)
+        def later(heavy, impression, flow, scale):
+            # FlowNetwork.propagate(impression, raw, image) with the flow computed once.
+            return self.memory.fuse(heavy, warp(impression, flow) * scale)
 
         task, impression = branch(
             first,
-            lambda heavy, raw, impression, image: (heavy.clone(), heavy.clone()),
+            lambda heavy, impression, flow, scale: (heavy.clone(), heavy.clone()),
             later,
-            (heavy, raw, state["impression"], state["image"]),
+            (heavy, state["impression"], *motion),
         )
         return {"task": task, "image": raw, "impression": impression}
 
-    def non_key_frame(self, light, raw, state) -> torch.Tensor:
-        return self.flow_net.propagate(state["task"], raw, state["image"])
+    def non_key_frame(self, light, raw, state, motion) -> torch.Tensor:
+        flow, scale = motion
+        return warp(state["task"], flow) * scale
 
 
 def _adapter(module):
@@ -131,13 +149,13 @@ class KeyFrameStep(StreamingStep):
             return predictor.test_topk_per_image
         return self.model.proposal_generator.post_nms_topk[False] * predictor.num_classes
 
-    def _key(self, x: torch.Tensor, state: Dict, first) -> Dict[str, torch.Tensor]:
-        heavy, _ = self.model._features(x, [FULL])
-        return self.module.key_frame(heavy, self.model._raw(x), state, first)
+    def _heavy(self, x: torch.Tensor) -> torch.Tensor:
+        """The heavy feature: ``KeyFrameRCNN._features`` of a key frame alone."""
+        return self.model.backbone(x)[self.model.in_feature]
 
     def state_tensors(self, image: torch.Tensor) -> List[Tuple[StateTensor, torch.Tensor]]:
         x = self.preprocess(image)
-        heavy, _ = self.model._features(x, [FULL])
+        heavy = self._heavy(x)
         values = {"task": heavy, "image": self.model._raw(x), "impression": heavy}
         if isinstance(self.module, _LSTS):
             values["embedded"] = self.module.fusion.embed_memory(heavy)
@@ -153,24 +171,32 @@ class KeyFrameStep(StreamingStep):
 
     def forward(self, image: torch.Tensor, *state: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         x = self.preprocess(image)
+        raw = self.model._raw(x)
         index, *values = state
         keys = self.module.keys
+        motion = self.module.motion(raw, dict(zip(keys, values)))
         is_key = index % self.model.interval == 0
+        # The branches compute on operands only: a tensor made inside one from Python data (a
+        # list index, a constant) breaks AOTInductor.
 
-        def key_frame(x, index, *values):
-            new = self._key(x, dict(zip(keys, values)), index == 0)
+        def key_frame(x, raw, index, *operands):
+            motion, values = operands[: len(operands) - len(keys)], operands[-len(keys) :]
+            new = self.module.key_frame(
+                self._heavy(x), raw, dict(zip(keys, values)), index == 0, motion
+            )
             # Outputs of a cond branch may not alias each other: the task feature is also the
             # key state's.
             return (new["task"].clone(), *(new[k] for k in keys))
 
-        def non_key_frame(x, index, *values):
+        def non_key_frame(x, raw, index, *operands):
+            motion, values = operands[: len(operands) - len(keys)], operands[-len(keys) :]
             light = None
-            if self.light_kind != "none":
-                _, light = self.model._features(x, [self.light_kind])
-            old = dict(zip(keys, values))
-            task = self.module.non_key_frame(light, self.model._raw(x), old)
+            if self.light_kind == LIGHT:
+                # KeyFrameRCNN._features of a light frame alone.
+                light = self.model.backbone.forward_light(x)
+            task = self.module.non_key_frame(light, raw, dict(zip(keys, values)), motion)
             return (task, *(v.clone() for v in values))
 
-        task, *new = branch(is_key, key_frame, non_key_frame, (x, index, *values))
+        task, *new = branch(is_key, key_frame, non_key_frame, (x, raw, index, *motion, *values))
         detections = self.rcnn_detections(x, image.shape[-2:], {self.model.in_feature: task})
         return (*detections, index + 1, *new)

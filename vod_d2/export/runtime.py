@@ -166,6 +166,9 @@ class ExportedStep:
         self.inputs: List[Dict] = self.description["inputs"]
         self.state_specs: List[Dict] = self.description["state"]
         files = self.description["files"]
+        # The package runs on the device it was compiled for (MODEL.DEVICE), ONNX on the CPU.
+        device = self.description.get("device", "cpu") if backend == "aoti" else "cpu"
+        self.device = torch.device(device)
         if backend == "aoti":
             if self.description.get("uses_op_library"):
                 if load_op_library(op_library) is None:
@@ -220,7 +223,7 @@ class ExportedStep:
         """The state at the start of a video of (H, W) frames: every tensor at its fill."""
         shapes = self.expected_shapes(height, width)
         return [
-            torch.full(shapes[s["name"]], s["fill"], dtype=_DTYPES[s["dtype"]])
+            torch.full(shapes[s["name"]], s["fill"], dtype=_DTYPES[s["dtype"]], device=self.device)
             for s in self.state_specs
         ]
 
@@ -273,7 +276,8 @@ class ExportedStep:
 
     def __call__(self, image: torch.Tensor, *inputs: torch.Tensor) -> List[torch.Tensor]:
         self.check(image, inputs)
-        return list(self._step(image, *inputs))
+        tensors = [t.to(self.device) for t in (image, *inputs)]
+        return list(self._step(*tensors))
 
 
 class ExportedStream:
