@@ -184,9 +184,10 @@ class KeyFrameStep(StreamingStep):
             new = self.module.key_frame(
                 self._heavy(x), raw, dict(zip(keys, values)), index == 0, motion
             )
-            # Outputs of a cond branch may not alias each other: the task feature is also the
-            # key state's.
-            return (new["task"].clone(), *(new[k] for k in keys))
+            # The task feature once (it is also the new key.task: AOTInductor loses one of two
+            # equal outputs of a cond), no output aliasing an input (the raw frame becomes the
+            # key image).
+            return (new["task"].clone(), *(new[k].clone() for k in keys[1:]))
 
         def non_key_frame(x, raw, index, *operands):
             motion, values = operands[: len(operands) - len(keys)], operands[-len(keys) :]
@@ -195,8 +196,9 @@ class KeyFrameStep(StreamingStep):
                 # KeyFrameRCNN._features of a light frame alone.
                 light = self.model.backbone.forward_light(x)
             task = self.module.non_key_frame(light, raw, dict(zip(keys, values)), motion)
-            return (task, *(v.clone() for v in values))
+            return (task, *(v.clone() for v in values[1:]))
 
         task, *new = branch(is_key, key_frame, non_key_frame, (x, raw, index, *motion, *values))
+        new = [torch.where(is_key, task, values[0]), *new]
         detections = self.rcnn_detections(x, image.shape[-2:], {self.model.in_feature: task})
         return (*detections, index + 1, *new)

@@ -126,15 +126,25 @@ class SparseStep(StreamingStep):
         count = (frames >= 0).sum()
 
         maps = [features[f] for f in self.model.head.in_features]
-        operands = (*maps, *(payload[k] for k in self.keys), *(ordered[k] for k in self.keys))
+        # Each tensor once (the frame's own support maps are its maps): AOTInductor mistakes a
+        # tensor given twice to a cond.
+        own_objects = [payload[_OBJECTS]] if self.objects else []
+        operands = (*maps, *own_objects, *(ordered[k] for k in self.keys))
+
+        def own_objects_of(operands):
+            return list(operands[len(maps) : len(maps) + len(own_objects)])
 
         def detect_with(n):
             """The head with the first n frames of the sample (the frame itself for 0)."""
 
             def run(*operands):
                 feats = dict(zip(self.model.head.in_features, operands[: len(maps)]))
-                own, values = _split(operands[len(maps) :], len(self.keys))
-                chosen = dict(zip(self.keys, own if n == 0 else [v[:n] for v in values]))
+                values = operands[len(maps) + len(own_objects) :]
+                if n == 0:
+                    own = [feats[f] for f in self.maps] + own_objects_of(operands)
+                    chosen = dict(zip(self.keys, own))
+                else:
+                    chosen = dict(zip(self.keys, [v[:n] for v in values]))
                 support = {f: chosen[f][None] for f in self.maps} if self.maps else None
                 objects = chosen[_OBJECTS].transpose(0, 1)[:, None] if self.objects else None
                 last = self.model.head(feats, [size], support, objects)[-1]
@@ -158,8 +168,3 @@ class SparseStep(StreamingStep):
         ]
         new_frames = torch.where(keep, frames.index_copy(0, at, index[None]), frames)
         return (*detections, *new_support, new_frames, index + 1)
-
-
-def _split(values, size):
-    """Two consecutive groups of ``size`` values."""
-    return values[:size], values[size : 2 * size]
