@@ -122,29 +122,23 @@ class SparseStep(StreamingStep):
         order = torch.where(frames >= 0, frames, frames.new_full(frames.shape, 2**62)).argsort(
             stable=True
         )
-        ordered = {k: v.index_select(0, order) for k, v in stored.items()}
         count = (frames >= 0).sum()
-
+        # With an empty sample a frame is its own support (SparseVOD.detect): its payload then
+        # stands first in the sample, read as one support frame.
+        alone = count == 0
+        ordered = {
+            k: torch.cat([torch.where(alone, payload[k], v[:1]), v[1:]])
+            for k, v in ((k, v.index_select(0, order)) for k, v in stored.items())
+        }
         maps = [features[f] for f in self.model.head.in_features]
-        # Each tensor once (the frame's own support maps are its maps): AOTInductor mistakes a
-        # tensor given twice to a cond.
-        own_objects = [payload[_OBJECTS]] if self.objects else []
-        operands = (*maps, *own_objects, *(ordered[k] for k in self.keys))
-
-        def own_objects_of(operands):
-            return list(operands[len(maps) : len(maps) + len(own_objects)])
+        operands = (*maps, *(ordered[k] for k in self.keys))
 
         def detect_with(n):
-            """The head with the first n frames of the sample (the frame itself for 0)."""
+            """The head with the first n frames of the sample."""
 
             def run(*operands):
                 feats = dict(zip(self.model.head.in_features, operands[: len(maps)]))
-                values = operands[len(maps) + len(own_objects) :]
-                if n == 0:
-                    own = [feats[f] for f in self.maps] + own_objects_of(operands)
-                    chosen = dict(zip(self.keys, own))
-                else:
-                    chosen = dict(zip(self.keys, [v[:n] for v in values]))
+                chosen = dict(zip(self.keys, [v[:n] for v in operands[len(maps) :]]))
                 support = {f: chosen[f][None] for f in self.maps} if self.maps else None
                 objects = chosen[_OBJECTS].transpose(0, 1)[:, None] if self.objects else None
                 last = self.model.head(feats, [size], support, objects)[-1]
@@ -156,9 +150,9 @@ class SparseStep(StreamingStep):
             """Detection with as many support frames as the sample holds, n or more."""
             if n == self.num_support:
                 return detect_with(n)
-            return lambda *ops: branch(count == n, detect_with(n), from_count(n + 1), ops)
+            return lambda *ops: branch(count <= n, detect_with(n), from_count(n + 1), ops)
 
-        logits, boxes = from_count(0)(*operands)
+        logits, boxes = from_count(1)(*operands)
         detections = sparse_rcnn_detections(logits, boxes, size, self.num_detections)
         # The frame enters the sample at ``slot`` (or stays out, -1), after its detection.
         keep = slot >= 0
