@@ -10,20 +10,30 @@ peak memory the streaming adds.
 
     python benchmarks/speed.py                                   # paper configs, 600x1000
     python benchmarks/speed.py --synthetic --size 128 160 --json speed.json   # the plot's
+    python benchmarks/speed.py --synthetic --size 128 160 --exported --methods STMN LSTS
+
+With ``--exported`` each method is also exported (tools/export_model.py's AOTInductor package
+of its causal variant, compiled in the run: minutes per method) and the same frames are timed
+through the package and through the eager causal variant (``model.step`` on a video of unknown
+length, what the package computes), one run each after the warm-up: the exported column.
 """
 
 import argparse
 import json
+import tempfile
+import time
 
 import torch
 from _memory import in_fresh_process
 from _streaming import (
     build_random_model,
     device_name,
+    random_model,
     random_video,
     seconds_per_frame,
     stream,
     streaming_peak_mib,
+    synchronize,
 )
 
 # method -> (paper config, synthetic config); the first is every table's baseline.
@@ -68,6 +78,57 @@ def measure(path, frames, size, warmup, device, threads, memory=False):
     }
 
 
+def measure_exported(path, frames, size, warmup, device, threads):
+    """
+    Seconds per frame of the causal variant of one model, eager and as its exported package,
+    on the same frames (after ``warmup`` frames each), and the package's compile time.
+    """
+    from detectron2.config import get_cfg
+
+    from vod_d2 import add_vod_config, make_online
+    from vod_d2.export import export_model
+    from vod_d2.export.runtime import ExportedStep, ReservoirSlots, postprocess
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = get_cfg()
+    add_vod_config(cfg)
+    cfg.merge_from_file(path)
+    cfg.MODEL.DEVICE = device
+    make_online(cfg)
+    model = random_model(cfg)
+    video = random_video(warmup + frames, *size)
+    with tempfile.TemporaryDirectory() as folder:
+        description = export_model(cfg, folder, model=model, frame_size=size, onnx="off")
+        step = ExportedStep(folder)
+        sampling = description.get("support_sampling")
+        slots = ReservoirSlots(sampling["num"], sampling["seed"]) if sampling else None
+        state = step.reset(video[0]["image"])
+        timed = {}
+        with torch.no_grad():
+            for t, frame in enumerate(video):
+                if t == warmup:
+                    synchronize(device)
+                    start = time.perf_counter()
+                extra = [torch.tensor(slots.next_slot())] if slots else []
+                boxes, scores, classes, count, *state = step(frame["image"], *extra, *state)
+                # As model.step's detector_postprocess.
+                postprocess(boxes, scores, classes, count, size, size)
+            synchronize(device)
+            timed["exported_s_per_frame"] = (time.perf_counter() - start) / frames
+            model.reset(None)
+            for t, frame in enumerate(video):
+                if t == warmup:
+                    synchronize(device)
+                    start = time.perf_counter()
+                model.step(frame)
+            synchronize(device)
+            timed["eager_causal_s_per_frame"] = (time.perf_counter() - start) / frames
+    timed["aoti_compile_s"] = description["timings"]["aoti_compile_s"]
+    timed["fixed_size"] = description["frame"]["fixed_size"] is not None
+    return timed
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -78,6 +139,11 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--json", help="also write the numbers to this file")
+    parser.add_argument(
+        "--exported",
+        action="store_true",
+        help="also time each method's exported package against its eager causal variant",
+    )
     args = parser.parse_args()
     runs = {}
     for method in args.methods:
@@ -87,6 +153,8 @@ def main():
             **in_fresh_process(measure, *job),
             **in_fresh_process(measure, *job, True),
         }
+        if args.exported:
+            runs[method].update(in_fresh_process(measure_exported, *job))
     threads = args.threads or torch.get_num_threads()
     print(
         f"{device_name(args.device)}, {threads} threads, a {args.frames}-frame video of "
@@ -94,11 +162,21 @@ def main():
     )
     base = runs[args.methods[0]]["s_per_frame"]
     header = f"{'method':<32}{'config':<42}{'s/frame':>9}{'fps':>8}{'speed':>8}"
-    print(f"{header}{'params M':>10}{'peak MiB':>10}")
+    exported = f"{'causal s/f':>11}{'exported s/f':>13}{'speed-up':>9}" if args.exported else ""
+    print(f"{header}{'params M':>10}{'peak MiB':>10}{exported}")
     for method, run in runs.items():
-        print(
+        line = (
             f"{method:<32}{run['config']:<42}{run['s_per_frame']:>9.3f}{run['fps']:>8.2f}"
             f"{base / run['s_per_frame']:>7.2f}x{run['params_M']:>10.1f}{run['peak_MiB']:>10.0f}"
+        )
+        if args.exported:
+            eager, package = run["eager_causal_s_per_frame"], run["exported_s_per_frame"]
+            line += f"{eager:>11.3f}{package:>13.3f}{eager / package:>8.2f}x"
+        print(line)
+    if args.exported:
+        print(
+            "causal s/f: the eager causal variant (what is exported), exported s/f: its "
+            "AOTInductor package, on the same frames"
         )
     if args.json:
         with open(args.json, "w") as f:
