@@ -243,6 +243,17 @@ def roi_detections(
     return _padded(boxes[order], scores[order], classes[order], valid)
 
 
+def roi_num_detections(model) -> int:
+    """
+    D of :func:`roi_detections` for an R-CNN ``model``'s fixed-size proposals (the RPN's
+    ``post_nms_topk`` at test): ``test_topk_per_image``, or every (proposal, class) pair.
+    """
+    predictor = model.roi_heads.box_predictor
+    if predictor.test_topk_per_image >= 0:
+        return predictor.test_topk_per_image
+    return model.proposal_generator.post_nms_topk[False] * predictor.num_classes
+
+
 def sparse_rcnn_detections(
     logits: torch.Tensor, boxes: torch.Tensor, image_size: Tuple[int, int], num_detections: int
 ) -> Detections:

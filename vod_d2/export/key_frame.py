@@ -29,6 +29,7 @@ import torch
 from ..modeling.flow.warp import warp
 from ..modeling.frames import LIGHT
 from ..modeling.temporal import ImpressionKeyFrames, LSTSKeyFrames
+from .heads import roi_num_detections
 from .state import StateTensor
 from .step import StreamingStep
 from .tracing import branch
@@ -144,10 +145,7 @@ class KeyFrameStep(StreamingStep):
 
     @property
     def num_detections(self) -> int:
-        predictor = self.model.roi_heads.box_predictor
-        if predictor.test_topk_per_image >= 0:
-            return predictor.test_topk_per_image
-        return self.model.proposal_generator.post_nms_topk[False] * predictor.num_classes
+        return roi_num_detections(self.model)
 
     def _heavy(self, x: torch.Tensor) -> torch.Tensor:
         """The heavy feature: ``KeyFrameRCNN._features`` of a key frame alone."""

@@ -29,6 +29,7 @@ import torch
 from ..layers import local_aggregate
 from ..modeling.frames import FrameInfo
 from ..modeling.temporal import STMNAggregation
+from .heads import roi_num_detections
 from .state import FRAME_INDEX_DOC, StateTensor
 from .step import StreamingStep, frame_index
 
@@ -159,10 +160,7 @@ class WindowStep(StreamingStep):
 
     @property
     def num_detections(self) -> int:
-        predictor = self.model.roi_heads.box_predictor
-        if predictor.test_topk_per_image >= 0:
-            return predictor.test_topk_per_image
-        return self.model.proposal_generator.post_nms_topk[False] * predictor.num_classes
+        return roi_num_detections(self.model)
 
     def state_tensors(self, image: torch.Tensor) -> List[Tuple[StateTensor, torch.Tensor]]:
         if not self.length:
