@@ -618,7 +618,7 @@ def main():
     default = [m for m, spec in METHODS.items() if spec.default]
     parser.add_argument("--methods", nargs="+", default=default, choices=list(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--iters", type=int, default=600, help="fine-tuning iterations")
+    parser.add_argument("--iters", type=int, default=1200, help="fine-tuning iterations")
     parser.add_argument("--warm-iters", type=int, help="warm-start iterations of every head")
     parser.add_argument(
         "--flow-iters", type=int, default=3000, help="FlowNet-S's synthetic pretraining steps"

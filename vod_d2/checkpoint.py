@@ -44,6 +44,7 @@ from iopath.common.file_io import get_cache_dir
 from torch import nn
 
 from .data.checks import model_num_classes
+from .modeling.temporal.gate import Gate
 from .modeling.temporal.weight_transfer import DEFAULT_SOURCE_CONV, transfer_single_frame_weights
 
 __all__ = [
@@ -395,11 +396,22 @@ class VideoCheckpointer(DetectionCheckpointer):
         )
 
     def _log_incompatible_keys(self, incompatible) -> None:
-        # The predictors and the modules that start fresh were named in one line already.
-        fresh = set(self._fresh) | set(self._started)
+        # The predictors and the modules that start fresh were named in one line already, and a
+        # residual gate's buffers (the scheduled gate's opening) start closed by design.
+        fresh = set(self._fresh) | set(self._started) | _gate_buffers(self.model)
         super()._log_incompatible_keys(
             incompatible._replace(
                 missing_keys=[k for k in incompatible.missing_keys if k not in fresh],
                 incorrect_shapes=[s for s in incompatible.incorrect_shapes if s[0] not in fresh],
             )
         )
+
+
+def _gate_buffers(model: nn.Module) -> Set[str]:
+    """The state_dict names of the buffers of ``model``'s residual gates."""
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        if isinstance(module, Gate)
+        for name, _ in module.named_buffers(recurse=False)
+    }

@@ -158,8 +158,8 @@ def test_a_video_method_starts_as_its_single_frame_checkpoint(method, video, tmp
 
 
 # One method per gated module family: STSN's and SSN's sampling, STMN's memory, LSTS's SRFU and
-# DFA, Impression's memory, SparseVOD's TFE (channel, the default, is tested above).
-@pytest.mark.parametrize("kind", ["scheduled", "position"])
+# DFA, Impression's memory, SparseVOD's TFE (scheduled, the default, is tested above).
+@pytest.mark.parametrize("kind", ["channel", "position"])
 @pytest.mark.parametrize(
     "method", ["ssn_rfcn", "stsn_rfcn", "stmn_rfcn", "lsts", "impression", "sparsevod"]
 )

@@ -71,16 +71,35 @@ def test_position_gate_starts_closed_and_learns_a_value_per_position():
     g = gate.gate(reference, aggregated)
     assert g.shape == (2, 4, 1, 5, 6)
     assert g.std() > 0
-    torch.testing.assert_close(gate(reference, aggregated), reference + g * (aggregated - reference))
+    torch.testing.assert_close(
+        gate(reference, aggregated), reference + g * (aggregated - reference)
+    )
 
 
 def test_maybe_gate_builds_the_configured_kind_or_none():
     assert maybe_gate(False, 8, GateSpec("position")) is None
-    assert isinstance(maybe_gate(True, 8), ResidualGate)
+    assert isinstance(maybe_gate(True, 8), ScheduledGate)  # the default
+    assert isinstance(maybe_gate(True, 8, GateSpec("channel")), ResidualGate)
     assert isinstance(maybe_gate(True, 8, GateSpec("scheduled", 10)), ScheduledGate)
     assert isinstance(maybe_gate(True, 8, GateSpec("position")), PositionGate)
     with pytest.raises(ValueError, match="OPEN_ITERS"):
         ScheduledGate(0)
+
+
+def test_a_module_built_without_a_config_gets_the_configs_default_gate():
+    from detectron2.config import get_cfg
+
+    from vod_d2 import add_vod_config
+
+    cfg = get_cfg()
+    add_vod_config(cfg)
+    assert GateSpec() == GateSpec.from_config(cfg) == GateSpec("scheduled", 400)
+
+
+def test_scheduled_gate_trained_outside_detectron2s_loop_says_what_it_needs():
+    gate = ScheduledGate(400).train()
+    with pytest.raises(RuntimeError, match="EventStorage.*GATE.KIND 'channel'"):
+        gate(*_maps(1, 2, 3, 3))
 
 
 def test_gate_spec_from_config_names_the_key_of_an_unknown_kind():

@@ -64,13 +64,12 @@ def test_with_identity_init_every_key_frame_starts_as_its_own_feature():
     # detector's key features are its task features at iteration 0, and the gate, once open,
     # gives Eq. 3 with weights 0.5 (Table 1 (c)).
     torch.manual_seed(0)
-    memory = ImpressionMemory(_cfg("d", identity_init=True), C)
+    memory = ImpressionMemory(_cfg("d", identity_init=True), C).eval()
     (f_imp, f_k), _ = _video(2, seed=1, n=2)
     task, _, weights = memory.fuse(f_k, f_imp, return_weights=True)
     assert torch.equal(task, f_k)
     assert torch.equal(weights, torch.full_like(weights, 0.5))
-    with torch.no_grad():
-        memory.residual_gate.gamma.fill_(1.0)
+    memory.residual_gate.fix_opening(1.0)
     torch.testing.assert_close(memory.fuse(f_k, f_imp)[0], (f_imp + f_k) / 2)
     paper = ImpressionMemory(_cfg("d"), C)
     assert paper.residual_gate is None and not torch.equal(paper.fuse(f_k, f_imp)[0], f_k)

@@ -46,7 +46,7 @@ def test_with_identity_init_key_frames_keep_their_feature_and_others_the_propaga
     # At iteration 0 SRFU gives a key frame its own feature, and DFA a non-key frame the
     # memory aligned to it (the Transform unit, about zero at init, would otherwise halve it:
     # relative error 0.5 and more); both quality nets start at equal weights.
-    fusion = _fusion(identity_init=True)
+    fusion = _fusion(identity_init=True).eval()
     first, second, low = _maps(C, 0), _maps(C, 1), _maps(C_LOW, 2)
     memory = fusion.update_memory(second, fusion.update_memory(first))
     assert torch.equal(memory, second)
@@ -62,9 +62,8 @@ def test_with_identity_init_key_frames_keep_their_feature_and_others_the_propaga
     paper_aligned = paper.dfa.lsts(second, paper.dfa.transform(low), paper.sampling)
     assert (paper_task - paper_aligned).norm() > 0.3 * paper_aligned.norm()
     # Open gates: the paper's fusion.
-    with torch.no_grad():
-        for gate in (fusion.srfu.residual_gate, fusion.dfa.residual_gate):
-            gate.gamma.fill_(1.0)
+    for gate in (fusion.srfu.residual_gate, fusion.dfa.residual_gate):
+        gate.fix_opening(1.0)
     torch.testing.assert_close(fusion.propagate(low, memory), (high + aligned) / 2)
 
 

@@ -314,7 +314,7 @@ def test_registry_builds_stsn_and_ssn_from_the_config():
     for name, out_channels in itertools.product(["STSNAggregation", "SSNAggregation"], [0, 24]):
         cfg = _cfg(**{"MODEL.VIDEO.AGGREGATION": name, "MODEL.STSN.OUT_CHANNELS": out_channels})
         cfg.MODEL.STSN.CONV_DIM = 8
-        module = build_temporal_aggregation(cfg, shape)
+        module = build_temporal_aggregation(cfg, shape).eval()
         assert type(module).__name__ == name
         assert module.output_shape() == ShapeSpec(channels=out_channels or 16, stride=16)
         ref, support, offsets = _features(1, 2, channels=16)

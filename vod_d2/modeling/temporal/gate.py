@@ -18,8 +18,9 @@ defines it. ``MODEL.VIDEO.GATE.KIND`` says what ``g`` is:
   start of ReZero / SkipInit and of zero-initialised residual branches (Goyal et al. 2017).
   Training opens it only as far as its own gradient takes it, and a closed gate also scales the
   gradient reaching the module down to nothing: on the benchmark it stays at 0.01-0.03 (README).
-* ``"scheduled"``: no parameter, ``g`` follows the fine-tuning iteration, 0 at iteration 0 and
-  rising linearly to 1 at ``MODEL.VIDEO.GATE.OPEN_ITERS`` (:class:`ScheduledGate`). From then on
+* ``"scheduled"`` (the default, chosen by the benchmark: README): no parameter, ``g`` follows
+  the fine-tuning iteration, 0 at iteration 0 and rising linearly to 1 at
+  ``MODEL.VIDEO.GATE.OPEN_ITERS`` (:class:`ScheduledGate`). From then on
   the output is exactly the paper's module: the run starts as the single-frame detector and ends
   as the paper defines the method, and the heads adapt to the aggregated features on the way.
 * ``"position"``: ``g`` computed at every position from the reference and the aggregated
@@ -111,6 +112,19 @@ class ResidualGate(Gate):
         return f"channels={self.gamma.numel()}"
 
 
+def _training_iteration() -> int:
+    """The iteration of detectron2's training loop (its current ``EventStorage``)."""
+    try:
+        return get_event_storage().iter
+    except AssertionError:
+        raise RuntimeError(
+            "ScheduledGate (MODEL.VIDEO.GATE.KIND 'scheduled', the default) opens with the "
+            "training iteration of detectron2's EventStorage, and this training forward runs "
+            "outside one: train with detectron2's trainers (or inside `with EventStorage(iter):`"
+            "), or choose MODEL.VIDEO.GATE.KIND 'channel'"
+        ) from None
+
+
 class ScheduledGate(Gate):
     """
     ``reference + g * (aggregated - reference)`` with ``g = min(1, iteration / open_iters)``,
@@ -146,7 +160,7 @@ class ScheduledGate(Gate):
         if self.training:
             # A new tensor for the graph: the buffer may be refilled by a later call in the same
             # forward (STMN gates every frame of its sequence), which autograd would refuse.
-            opening = min(1.0, get_event_storage().iter / self.open_iters)
+            opening = min(1.0, _training_iteration() / self.open_iters)
             g = torch.tensor(opening, dtype=reference.dtype, device=reference.device)
             self.g.fill_(opening)
         # lerp computes start + g * (end - start) for g < 0.5 and end - (1 - g) * (end - start)
@@ -226,8 +240,8 @@ class PositionGate(Gate):
 class GateSpec:
     """The gate ``MODEL.VIDEO.GATE`` asks for."""
 
-    kind: str = "channel"  # one of GATE_KINDS
-    open_iters: int = 1  # "scheduled" only
+    kind: str = "scheduled"  # one of GATE_KINDS (the config's defaults)
+    open_iters: int = 400  # "scheduled" only
 
     @classmethod
     def from_config(cls, cfg) -> "GateSpec":
