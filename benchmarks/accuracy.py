@@ -232,11 +232,24 @@ def _flow_tag(variant: str) -> Optional[str]:
 
 
 def _variant_opts(variant: str) -> List:
-    """The config options of a run's gate and flow variants (none for a plain method name)."""
+    """
+    The config options of a run's gate and flow variants. A gated method without a gate tag
+    runs its config's own gate, named all the same: the runs' cache keys hold the options, so a
+    changed default gate is a new run, and ``name`` and ``name/<its default>`` share one.
+    """
+    tags = variant.split("/")[1:]
+    if METHODS[_method(variant)].gated and not any(t in GATE_VARIANTS for t in tags):
+        tags.insert(0, _config_gate(_method(variant)))
     opts = []
-    for tag in variant.split("/")[1:]:
+    for tag in tags:
         opts += list(GATE_VARIANTS[tag]) if tag in GATE_VARIANTS else list(FLOW_VARIANTS[tag].opts)
     return opts
+
+
+def _config_gate(name: str) -> str:
+    """The :data:`GATE_VARIANTS` entry that config ``name`` runs without options."""
+    video = _cfg(name).MODEL.VIDEO
+    return video.GATE.KIND if video.IDENTITY_INIT else "paper"
 
 
 def _config(name: str) -> str:

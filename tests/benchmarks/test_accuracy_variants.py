@@ -16,6 +16,14 @@ def test_gate_and_flow_variants_apply_to_the_methods_that_have_them():
     assert _flow_tag("impression/scheduled") == "flownet" and _flow_tag("stmn_rfcn") is None
 
 
+def test_a_gated_run_names_its_configs_gate_in_its_options():
+    # The cache key holds the options: a run made under another default gate is not reused.
+    assert _variant_opts("stmn_rfcn") == _variant_opts("stmn_rfcn/scheduled")
+    assert _variant_opts("stmn_rfcn") == ["MODEL.VIDEO.GATE.KIND", "scheduled"]
+    assert _variant_opts("dff/zero") == ["MODEL.FLOW.NAME", "ZeroFlow"]  # no gate
+    assert _variant_opts("rfcn") == []
+
+
 def test_a_variant_is_paired_with_its_baselines_in_the_same_gate_and_flow():
     runs = ["rfcn", "dff/raft", "dff/zero", "ssn_rfcn/position", "ssn_rfcn/scheduled"]
     assert _baselines("impression/scheduled/raft", runs) == ["rfcn", "dff/raft"]
