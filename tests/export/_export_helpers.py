@@ -12,6 +12,7 @@ import torch
 from _testing import fill_by_name, seeded_model, synthetic_cfg
 
 from vod_d2 import make_online
+from vod_d2.modeling.temporal.gate import Gate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = REPO_ROOT / "vod_d2" / "export" / "runtime.py"
@@ -38,9 +39,17 @@ def causal_cfg(name, **opts):
 
 
 def method_model(name, **opts):
-    """The causal variant of a synthetic config, random weights at :data:`WEIGHT_SCALE`."""
+    """
+    The causal variant of a synthetic config, random weights at :data:`WEIGHT_SCALE` and every
+    residual gate open (the paper's module: a random gate opening, as the default scheduled
+    gate's buffer would get, may be anything, negative included).
+    """
     cfg = causal_cfg(name, **opts)
-    return cfg, fill_by_name(seeded_model(cfg), scale=WEIGHT_SCALE).eval()
+    model = fill_by_name(seeded_model(cfg), scale=WEIGHT_SCALE).eval()
+    for module in model.modules():
+        if isinstance(module, Gate):
+            module.fix_opening(1.0)
+    return cfg, model
 
 
 def validation_frames(cfg, num_frames):
