@@ -155,10 +155,12 @@ HEADS = {
 METHODS = {
     "single_frame": Method("faster_rcnn"),
     "stmn": Method("faster_rcnn", ("single_frame",), gated=True),
-    "ssn": Method("faster_rcnn", ("single_frame",), default=False, gated=True),
+    # SSN has no gate: its sampling block starts as the identity by construction, so every gate
+    # alternative (and IDENTITY_INIT) would run the same model again.
+    "ssn": Method("faster_rcnn", ("single_frame",), default=False),
     "stsn": Method("faster_rcnn", ("single_frame", "ssn"), default=False, gated=True),
     "rfcn": Method("rfcn"),
-    "ssn_rfcn": Method("rfcn", ("rfcn",), gated=True),
+    "ssn_rfcn": Method("rfcn", ("rfcn",)),
     "stsn_rfcn": Method("rfcn", ("rfcn", "ssn_rfcn"), gated=True),
     "stmn_rfcn": Method("rfcn", ("rfcn",), gated=True),
     "dff": Method("rfcn", ("rfcn",), flow=True),
@@ -531,8 +533,9 @@ class _Evaluation:
 
 def _baselines(variant: str, variants: Sequence[str]) -> List[str]:
     """The runs ``variant`` is paired with: its method's baselines that ran, each with the
-    variant's gate where it is gated and its flow network where it is flow-guided (STSN with a
-    scheduled gate against SSN with one, Impression with RAFT against DFF with RAFT)."""
+    variant's gate where it is gated and its flow network where it is flow-guided (Impression
+    with a scheduled gate and RAFT against DFF with RAFT; STSN with any gate against the one
+    SSN, which has none)."""
     tags = variant.split("/")[1:]
     out = []
     for base in METHODS[_method(variant)].baselines:

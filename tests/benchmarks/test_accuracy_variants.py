@@ -25,7 +25,15 @@ def test_a_gated_run_names_its_configs_gate_in_its_options():
 
 
 def test_a_variant_is_paired_with_its_baselines_in_the_same_gate_and_flow():
-    runs = ["rfcn", "dff/raft", "dff/zero", "ssn_rfcn/position", "ssn_rfcn/scheduled"]
+    runs = ["rfcn", "dff/raft", "dff/zero", "impression/channel", "ssn_rfcn"]
     assert _baselines("impression/scheduled/raft", runs) == ["rfcn", "dff/raft"]
-    assert _baselines("stsn_rfcn/scheduled", runs) == ["rfcn", "ssn_rfcn/scheduled"]
-    assert _baselines("stsn_rfcn/channel", runs) == ["rfcn"]  # no channel SSN ran
+    assert _baselines("impression/channel", ["rfcn", "dff/zero"]) == ["rfcn"]  # DFF: zero flow only
+    # SSN has no gate: STSN with any gate is paired with the one SSN.
+    assert _baselines("stsn_rfcn/scheduled", runs) == ["rfcn", "ssn_rfcn"]
+    assert _baselines("stsn_rfcn/channel", runs) == ["rfcn", "ssn_rfcn"]
+
+
+def test_ssn_has_no_gate_variants():
+    # Its block starts as the identity by construction: a gate alternative is the same model.
+    assert _variants("ssn_rfcn", ["channel", "position", "paper"], []) == ["ssn_rfcn"]
+    assert _variant_opts("ssn_rfcn") == []
