@@ -25,7 +25,7 @@ def test_a_gated_run_names_its_configs_gate_in_its_options():
 
 
 def test_a_variant_is_paired_with_its_baselines_in_the_same_gate_and_flow():
-    runs = ["rfcn", "dff/raft", "dff/zero", "impression/channel", "ssn_rfcn"]
+    runs = ["rfcn", "dff/raft", "dff/zero", "ssn_rfcn"]
     assert _baselines("impression/scheduled/raft", runs) == ["rfcn", "dff/raft"]
     assert _baselines("impression/channel", ["rfcn", "dff/zero"]) == ["rfcn"]  # DFF: zero flow only
     # SSN has no gate: STSN with any gate is paired with the one SSN.
